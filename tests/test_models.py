@@ -133,3 +133,10 @@ def test_flatten_pooling_reads_each_position_with_its_own_weights() -> None:
     assert not torch.allclose(model(x, mask)[0], model(x.flip(1), mask)[0], atol=1e-4)
     with pytest.raises(ValueError, match="pooling must be 'mean' or 'flatten', got 'max'"):
         make("softmax", pooling="max")
+
+
+def test_token_and_position_embeddings_start_at_one_scale() -> None:
+    torch.manual_seed(0)
+    model = SequenceClassifier(None, 10, 2000, vocab_size=256, d_model=128)
+    tokens, positions = model.embed.weight.std().item(), model.pos.std().item()
+    assert abs(tokens - 0.02) < 0.002 and abs(positions - 0.02) < 0.002

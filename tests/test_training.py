@@ -232,14 +232,16 @@ def test_resume_with_more_epochs_continues_the_run(tmp_path: Path) -> None:
 # ---- DDP ----------------------------------------------------------------------------------------------
 
 
-def test_ddp_two_processes_on_cpu_agree(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grouping", [[], ["--bucket-by-length"]], ids=["distributed-sampler", "length-grouped"])
+def test_ddp_two_processes_on_cpu_agree(tmp_path: Path, grouping: list[str]) -> None:
     """``primaldual train --strategy ddp --devices 2 --accelerator cpu``: two gloo processes whose final weights
-    are identical (each process's checksum is gathered into metrics.json) and equal to the saved last.ckpt."""
+    are identical (each process's checksum is gathered into metrics.json) and equal to the saved last.ckpt;
+    batches from Lightning's distributed sampler or from the length-grouped one, which shards by itself."""
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "primaldual.cli", "train", "--dataset", "BasicMotions", "--strategy", "ddp",
                "--devices", "2", "--accelerator", "cpu", "--epochs", "2", "--val-fraction", "0.275", "--d-model", "16",
                "--depth", "1", "--num-heads", "2", "--patch-size", "10", "--batch-size", "8", "--threads", "1",
-               "--output", str(out)]
+               "--output", str(out), *grouping]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -86,6 +86,8 @@ class SequenceClassifier(nn.Module):
         self.max_length, self.patch_size = max_length, patch_size
         if vocab_size is not None:
             self.embed: nn.Module = nn.Embedding(vocab_size, d_model)
+            # BERT's and GPT-2's scale, the positional embedding's: torch's N(0, 1) would drown the positions 50x
+            nn.init.trunc_normal_(self.embed.weight, std=0.02)
         elif patch_size > 1:
             self.embed = nn.Conv1d(in_channels, d_model, patch_size, stride=patch_size)
         else:

@@ -45,6 +45,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 
+from ..data.batching import LengthGroupedSampler, trim_padding
 from ..files import atomic_write
 from .checkpoints import (
     PLACEMENT_OPTIONS, AtomicCheckpointIO, ConfigInCheckpoint, changed_options, check_resume, load_checkpoint,
@@ -92,6 +93,11 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
         """Training batches are sharded by Lightning (its DistributedSampler under DDP); validation and test
         shards repeat no sample, so that their accuracy is that of the split, exactly."""
         dataset = getattr(data, split).to_dataset()
+        if config.bucket_by_length:  # shards by itself under DDP (Lightning's distributed sampler is off)
+            sampler = LengthGroupedSampler(getattr(data, split).lengths, config.batch_size, shuffle=split == "train",
+                                           seed=config.seed, num_replicas=trainer.world_size, rank=trainer.global_rank)
+            return DataLoader(dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding,
+                              num_workers=config.num_workers)
         if split == "train" or trainer.world_size == 1:
             return DataLoader(dataset, config.batch_size, shuffle=split == "train", num_workers=config.num_workers)
         sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
@@ -111,7 +117,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
         gradient_clip_val=config.grad_clip or None, deterministic="warn", default_root_dir=output,
         logger=CSVLogger(output, name="lightning_logs"), log_every_n_steps=1,
         callbacks=[checkpoint, timer, RngState(), ConfigInCheckpoint(config), log, *stop, *callbacks],
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO()], use_distributed_sampler=not config.bucket_by_length,
     )
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
