@@ -6,7 +6,8 @@ each run of ``batch_size`` consecutive indices holds sequences of similar length
 chunks of ``chunk_batches`` batches, the batches then shuffled: the bucketing of fairseq's and Hugging Face's
 samplers), and :func:`trim_padding` cuts each collated batch to its longest sequence. Attention on right-padded
 sequences ignores the padded keys (BN statistics and SH windows included), so a trimmed batch gives the logits
-of the full one; on ListOps (lengths spread as LRA's) a training step then costs about a third.
+of the full one. On generated ListOps (8000 expressions, batches of 8 or 32) the grouped batches hold 53% of
+the positions of fully padded ones, 98.6% of them real tokens, and 32% of the attention's N² work.
 """
 
 from __future__ import annotations
