@@ -130,6 +130,15 @@ def test_without_validation_selects_on_training_loss(tmp_path: Path) -> None:
     assert metrics["best_epoch"] == losses.index(min(losses))
 
 
+def test_training_flushes_denormal_floats(tmp_path: Path) -> None:
+    torch.set_flush_denormal(False)
+    denormal = torch.tensor([1e-39])
+    assert denormal.item() != 0  # stored as a denormal float32
+    train(TrainConfig(**{**TINY, "epochs": 1}, output=str(tmp_path)))
+    assert (denormal * 1.0).item() == 0  # flushed to zero since training started
+    torch.set_flush_denormal(False)
+
+
 def test_fresh_run_refuses_an_existing_run_and_resume_needs_one(tmp_path: Path) -> None:
     config = TrainConfig(**{**TINY, "epochs": 1}, output=str(tmp_path / "run"))
     with pytest.raises(FileNotFoundError, match="last.ckpt"):
