@@ -70,6 +70,7 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
     options in :data:`~.checkpoints.RESUME_OPTIONS` may differ from the checkpoint's (a ValueError names the
     others, or the weights that do not fit). Without it the output folder must not hold a run yet.
     ``callbacks``: extra Lightning callbacks.
+    Sets ``torch.set_flush_denormal(True)`` for the rest of the process (torch has no getter to restore it).
     Under DDP every process returns the metrics; only rank 0 writes files.
     """
     output = Path(config.output)
