@@ -104,7 +104,7 @@ def test_compare_writes_the_summary(tmp_path: Path, capsys) -> None:
         peaks = [runs[row["attention"], s]["peak_memory_bytes"] / 1e6 for s in (3, 4)]
         assert float(row["peak_memory_mb"]) == pytest.approx(sum(peaks) / 2)
     table = (out / "summary.md").read_text()
-    assert table in stdout
+    assert table in stdout and table.startswith("BasicMotions: test accuracy (%) of the best-validation epoch")
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     assert len(lines) == 3 and lines[1].startswith("| softmax |") and lines[2].startswith("| sh |")
     assert "| s / epoch | peak MB | epochs |" in lines[0]

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
-from primaldual.training import TrainConfig, build_model, load_data, summary_row, train
+from primaldual.training import TrainConfig, build_model, compare, load_data, summary_row, train
 from primaldual.training.memory import CLEAR_REFS, peak_memory
 from primaldual.training.run import checksum
 
@@ -82,6 +82,8 @@ def test_config_unknown_keys_are_named(tmp_path: Path) -> None:
     ({"d_model": 30, "num_heads": 8}, ValueError, "divisible"),
     ({"scales": [1, 2]}, ValueError, "one factor per head"),
     ({"attention": "sparse"}, ValueError, "needs the option window"),
+    ({"jitter": -0.1}, ValueError, "jitter must be >= 0"),
+    ({"task": "listops", "dataset": "listops", "jitter": 0.1}, ValueError, "jitter applies to the timeseries task"),
 ])
 def test_config_rejects_bad_values(options: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
@@ -91,6 +93,26 @@ def test_config_rejects_bad_values(options: dict, error: type, match: str) -> No
 def test_config_errors_for_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothere.yaml"):
         TrainConfig.from_yaml(tmp_path / "nothere.yaml")
+
+
+def test_jitter_adds_fresh_noise_to_the_valid_steps_of_training_series() -> None:
+    jittered = load_data(TrainConfig(dataset="JapaneseVowels", jitter=0.5))
+    plain = load_data(TrainConfig(dataset="JapaneseVowels"))
+    train_set = jittered.train.to_dataset()
+
+    def draw(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return torch.stack([train_set[i][0] for i in range(len(train_set))])
+
+    noise = draw(0) - plain.train.x
+    padded = plain.train.mask  # JapaneseVowels: lengths 7-29, padded to 29
+    assert padded.any() and noise[padded].abs().max() == 0
+    assert noise[~padded].std().item() == pytest.approx(0.5, rel=0.02)
+    assert noise[~padded].mean().item() == pytest.approx(0, abs=0.01)
+    assert torch.equal(draw(0), draw(0)) and not torch.equal(draw(0), draw(1))  # repeatable, new on each access
+    for split in ("val", "test"):  # evaluation series are left as they are
+        assert torch.equal(getattr(jittered, split).x, getattr(plain, split).x)
+        assert torch.equal(getattr(jittered, split).to_dataset()[0][0], getattr(plain, split).x[0])
 
 
 # ---- end to end -----------------------------------------------------------------------------------------
@@ -121,13 +143,18 @@ def test_train_beats_chance_and_writes_outputs(variant: str, tmp_path: Path) -> 
 
 
 def test_without_validation_selects_on_training_loss(tmp_path: Path) -> None:
-    config = TrainConfig(**{**TINY, "epochs": 4}, val_fraction=0.0, output=str(tmp_path))
-    metrics = train(config)
-    rows = read_csv(tmp_path / "metrics.csv")
+    config = TrainConfig(**{**TINY, "epochs": 4}, val_fraction=0.0)
+    compare(config, ["softmax"], [0], tmp_path)
+    metrics = json.loads((tmp_path / "softmax" / "seed0" / "metrics.json").read_text())
+    rows = read_csv(tmp_path / "softmax" / "seed0" / "metrics.csv")
     assert metrics["val_accuracy"] is None and metrics["monitor"] == "train_loss"
     assert "val_acc" not in rows[0]
     losses = [float(r["train_loss"]) for r in rows]
     assert metrics["best_epoch"] == losses.index(min(losses))
+    # the summary says how the epoch was chosen and has no validation accuracy
+    table = (tmp_path / "summary.md").read_text()
+    assert table.startswith("BasicMotions: test accuracy (%) of the epoch of lowest training loss")
+    assert table.splitlines()[-1].split("|")[3].strip() == "–"
 
 
 def test_training_flushes_denormal_floats(tmp_path: Path) -> None:
@@ -193,9 +220,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     """Epochs 0-1, interrupted, resumed for 2-3 == epochs 0-3 in one go: same weights, same per-epoch log.
 
     Exact because the checkpoint holds the weights, the optimiser and schedule state, the epoch and step
-    counters and the random state (shuffling and dropout draw from it), and CPU kernels are deterministic.
+    counters and the random state (shuffling, dropout and jitter draw from it), and CPU kernels are deterministic.
     """
-    base = TrainConfig(**{**TINY, "epochs": 4, "dropout": 0.1})
+    base = TrainConfig(**{**TINY, "epochs": 4, "dropout": 0.1, "jitter": 0.1})
     whole = dataclasses.replace(base, output=str(tmp_path / "whole"))
     parts = dataclasses.replace(base, output=str(tmp_path / "parts"))
     train(whole)

@@ -337,7 +337,8 @@ def _markdown(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> str
         f"{len(content['runs'])} run(s) from: {', '.join(f'`{d}`' for d in run_dirs)}. "
         "Machine-readable tables: `report.json` (same rows, unrounded).\n",
         "## Accuracy\n",
-        "Test accuracy (%) of the best-validation epoch, mean ± sample std over seeds. Cost of the model: forward "
+        "Test accuracy (%) of the best epoch (highest validation accuracy; lowest training loss for runs without a "
+        "validation split, whose val acc is –), mean ± sample std over seeds. Cost of the model: forward "
         "FLOPs per sample (FlopCounterMode: matrix products and attention kernels) and inference samples per second "
         "(a batch of test samples, eval mode, the models of a dataset timed side by side on the CPU that wrote this "
         "report). Peak MB: the runs' mean peak memory while training and testing (CUDA: allocated by PyTorch; CPU: "

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 
 #: Most values a padded split may hold (2**31: 8 GiB of float32): a file of a few short series and one
@@ -32,11 +32,13 @@ class SequenceSplit:
 
     x ``(n, length, channels)`` float, 0 at padded steps; mask ``(n, length)`` bool, True where a step
     is padding (the ``key_padding_mask`` convention); y ``(n,)`` int64 class indices.
+    jitter: the std of the Gaussian noise its dataset adds to every item (:class:`JitteredSequences`); 0: none.
     """
 
     x: Tensor
     mask: Tensor
     y: Tensor
+    jitter: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_x()
@@ -45,6 +47,8 @@ class SequenceSplit:
             raise ValueError(f"mask must be a bool tensor (n, length) = {(n, length)}, got {_describe(self.mask)}")
         if not isinstance(self.y, Tensor) or self.y.dtype != torch.int64 or self.y.shape != (n,):
             raise ValueError(f"y must be an int64 tensor (n,) = {(n,)}, got {_describe(self.y)}")
+        if not self.jitter >= 0:
+            raise ValueError(f"jitter must be >= 0, got {self.jitter}")
 
     def _check_x(self) -> None:
         """Subclasses holding other inputs (e.g. token ids) override this check only."""
@@ -59,9 +63,30 @@ class SequenceSplit:
         """``(n,)`` int64: the number of valid (non-padded) steps of each sequence."""
         return (~self.mask).sum(1)
 
-    def to_dataset(self) -> TensorDataset:
-        """A ``TensorDataset`` whose items are ``(x_i, mask_i, y_i)``."""
+    def to_dataset(self) -> Dataset:
+        """A dataset whose items are ``(x_i, mask_i, y_i)``; with ``jitter``, x_i with fresh noise on every access."""
+        if self.jitter:
+            return JitteredSequences(self.x, self.mask, self.y, self.jitter)
         return TensorDataset(self.x, self.mask, self.y)
+
+
+class JitteredSequences(TensorDataset):
+    """Items ``(x_i + std * noise * valid_i, mask_i, y_i)``: Gaussian noise ``noise ~ N(0, 1)`` of x_i's shape, drawn
+    from torch's global generator on every access (a new draw each epoch, repeatable from the run's seed), on the
+    valid steps only (padded steps stay 0).
+
+    The "jitter" augmentation of time-series classification (Um et al. 2017; Iwana and Uchida 2021): on small
+    noisy sets such as the EEG of SelfRegulationSCP1 it keeps the model from fitting step-to-step noise.
+    """
+
+    def __init__(self, x: Tensor, mask: Tensor, y: Tensor, std: float) -> None:
+        super().__init__(x, mask, y)
+        self.std = std
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        x, mask, y = super().__getitem__(i)
+        noise = torch.randn(x.shape, dtype=x.dtype) * self.std
+        return x + noise.masked_fill(mask[:, None], 0), mask, y
 
 
 @dataclass

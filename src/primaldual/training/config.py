@@ -9,7 +9,7 @@ can hold them all):
 task        data options used                            model options used
 ==========  ===========================================  ===================================================
 timeseries  dataset (UEA name), root, val_fraction,      d_model, depth, num_heads, mlp_ratio, dropout,
-            normalize                                    patch_size, pooling
+            normalize, jitter                            patch_size, pooling
 image       dataset (fashion-mnist, imagefolder), root,  model (the ViT preset fixes width, depth, heads and
             val_fraction, normalize (fashion-mnist),     MLP ratio), dropout, drop_path
             augment, max_train_samples
@@ -78,6 +78,9 @@ class TrainConfig:
                                        "listops, which has num_val")
     normalize: bool = _option(True, "standardise each channel with the training split's mean and std (timeseries, "
                                     "fashion-mnist images; imagefolder uses ImageNet's)")
+    jitter: float = _option(0.0, "timeseries: std of the Gaussian noise added to the training series at every valid "
+                                 "step, drawn anew each epoch, in the units of the (normalised) data: the jitter "
+                                 "augmentation (0: none)")
     augment: bool = _option(True, "augment the image task's training images: fashion-mnist: random crop with "
                                   "2-pixel padding and horizontal flip; imagefolder: DeiT's (random resized crop, "
                                   "flip, RandAugment, random erasing)")
@@ -156,6 +159,8 @@ class TrainConfig:
         if self.task == "image" and self.bucket_by_length:
             raise ValueError("config option bucket_by_length applies to sequences (tasks timeseries, listops, pixels), "
                              "not to the image task")
+        if self.task != "timeseries" and self.jitter:
+            raise ValueError(f"config option jitter applies to the timeseries task only, not to task {self.task}")
         if self.task in TOKEN_TASKS and self.patch_size != 1:
             raise ValueError(f"config option patch_size must be 1 for task {self.task} (token ids are embedded one "
                              f"per position), got {self.patch_size}")
@@ -164,7 +169,8 @@ class TrainConfig:
                      "num_test", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "num_workers", "threads", "num_val", "min_length"):
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "num_workers", "threads", "num_val", "min_length",
+                     "jitter"):
             if getattr(self, name) < 0:
                 raise ValueError(f"config option {name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_fraction", "dropout", "drop_path"):

@@ -226,7 +226,8 @@ def compare(
     rows = [summary_row(variant, metrics) for variant, metrics in results.items()]
     if rank_zero_only.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
-        table = _markdown(rows, base.dataset, seeds)
+        monitors = {m.get("monitor", "val_acc") for runs in results.values() for m in runs}
+        table = _markdown(rows, base.dataset, seeds, monitors.pop() if len(monitors) == 1 else None)
         atomic_write(output / "summary.csv", _csv(rows).encode())
         atomic_write(output / "summary.md", table.encode())
         print(table, flush=True)
@@ -269,10 +270,16 @@ def summary_row(variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int]) -> str:
-    """The summary as a Markdown table."""
+#: How the epoch whose test accuracy a summary gives was chosen, by the runs' ``monitor``.
+SELECTED_EPOCH = {"val_acc": "the best-validation epoch", "train_loss": "the epoch of lowest training loss (no "
+                  "validation split)", None: "the best epoch (on validation accuracy, or training loss without a "
+                  "validation split)"}
+
+
+def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int], monitor: str | None) -> str:
+    """The summary as a Markdown table; ``monitor``: the runs' (None if they differ)."""
     lines = [
-        f"{dataset}: test accuracy (%) of the best-validation epoch, mean ± std over seeds "
+        f"{dataset}: test accuracy (%) of {SELECTED_EPOCH[monitor]}, mean ± std over seeds "
         f"{', '.join(map(str, seeds))}",
         "",
         "| attention | test acc (%) | val acc (%) | params | s / epoch | peak MB | epochs | seeds |",
@@ -281,8 +288,9 @@ def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int]) ->
     for r in rows:
         std = "" if math.isnan(r["test_acc_std"]) else f" ± {r['test_acc_std']:.2f}"
         peak = "–" if math.isnan(r["peak_memory_mb"]) else f"{r['peak_memory_mb']:.1f}"
+        val = "–" if math.isnan(r["val_acc_mean"]) else f"{r['val_acc_mean']:.2f}"
         lines.append(
-            f"| {r['attention']} | {r['test_acc_mean']:.2f}{std} | {r['val_acc_mean']:.2f} | {r['params']:,} "
+            f"| {r['attention']} | {r['test_acc_mean']:.2f}{std} | {val} | {r['params']:,} "
             f"| {r['seconds_per_epoch']:.3f} | {peak} | {r['epochs_mean']:.1f} | {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ size once.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,8 +50,8 @@ LISTOPS_ROOT = Path("runs/data/listops")
 # generated ListOps is one fixed data set, as LRA's files are: every training seed sees the same expressions
 LISTOPS_SEED = 0
 # the options that decide what load_data returns (report caches the data of runs that share them)
-DATA_OPTIONS = ("task", "dataset", "root", "val_fraction", "normalize", "augment", "max_train_samples", "num_train",
-                "num_val", "num_test", "min_length", "max_length", "seed", "model")
+DATA_OPTIONS = ("task", "dataset", "root", "val_fraction", "normalize", "jitter", "augment", "max_train_samples",
+                "num_train", "num_val", "num_test", "min_length", "max_length", "seed", "model")
 
 
 @dataclass
@@ -134,8 +134,9 @@ class TransformedImages(Dataset):
 def load_data(config: TrainConfig) -> TaskData:
     """The train, val and test splits of ``config.task`` (see the module's table)."""
     if config.task == "timeseries":
-        return load_uea(config.dataset, root=config.root, val_fraction=config.val_fraction, seed=config.seed,
+        data = load_uea(config.dataset, root=config.root, val_fraction=config.val_fraction, seed=config.seed,
                         normalize=config.normalize)
+        return replace(data, train=replace(data.train, jitter=config.jitter))
     if config.task == "image":
         return _image_folder(config) if config.dataset == "imagefolder" else _fashion_mnist(config)
     if config.task == "pixels":
