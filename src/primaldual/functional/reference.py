@@ -12,7 +12,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -65,8 +64,9 @@ def sparse_attention(q: Tensor, k: Tensor, v: Tensor, window: int, key_padding_m
 
 
 def elu_feature_map(x: Tensor) -> Tensor:
-    """``Φ(x) = elu(x) + 1``."""
-    return F.elu(x) + 1
+    """``Φ(x) = elu(x) + 1``: ``x + 1`` for ``x > 0``, ``exp(x)`` otherwise (written so, ``exp(x) - 1 + 1`` would
+    round to 0 below x ≈ -37 in float64; exp of ``min(x, 0)``, so that no inf reaches the gradient)."""
+    return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
 
 
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:

@@ -48,12 +48,17 @@ def key_statistics(
         var = shifted.square().sum(2, keepdim=True) / count.clamp_min(1)
         mean = centre
     else:
-        # Prefix sums of keys shifted by the full mean: exact, and free of the cancellation of E[x²] - E[x]².
-        steps = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=dtype)[None, None, :, None]
-        count = steps if valid is None else valid.cumsum(2)
-        delta = shifted.cumsum(2) / count.clamp_min(1)
-        var = (shifted.square().cumsum(2) / count.clamp_min(1) - delta.square()).clamp_min(0)
-        mean = centre + delta
+        # Prefix sums of the keys shifted by the full mean: var_i = E_i[y²] - E_i[y]² cancels where a prefix sits
+        # far from that mean (a tight prefix of large keys: float32 keeps only var / (E_i[y]² eps32) of it), so
+        # they are accumulated in float64 (O(N·D), beside the O(N²·D) attention) where the device has it.
+        acc = dtype if x.device.type == "mps" else torch.float64
+        y = shifted.to(acc)
+        steps = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=acc)[None, None, :, None]
+        count = steps if valid is None else valid.to(acc).cumsum(2)
+        delta = y.cumsum(2) / count.clamp_min(1)
+        var = ((y.square().cumsum(2) / count.clamp_min(1) - delta.square()).clamp_min(0)).to(dtype)
+        mean = centre + delta.to(dtype)
+        count = count.to(dtype)
     return KeyStatistics(mean.to(k.dtype), (var + eps).to(k.dtype), count, centre.to(k.dtype))
 
 

@@ -22,9 +22,15 @@ every call. What happens instead:
 * A query with no valid key returns 0 (NaN for a NaN query under the linear kernel). Empty batches, no
   queries and sequences of length 1 give outputs of the matching shape.
 * Magnitude: softmax subtracts each row's largest score and BN accumulates its statistics in at least
-  float32, so the softmax-kernel variants (BN and SH included) give finite outputs equal to the reference
-  to rounding for inputs of magnitude 1e4 in float32 and bfloat16. Limits: BN's variance overflows
-  float32 for keys beyond about 1e18 (its scores then flatten to 0). The linear kernel evaluates
+  float32 (causal prefix statistics in float64, except on MPS), so the softmax-kernel variants (BN and SH
+  included) give finite outputs equal to the reference to rounding for inputs of magnitude 1e4 in float32
+  and bfloat16. BN's scores reach the fused kernel as ``(q - βμ)/s²`` and ``k - m`` (m: the mean of all valid
+  keys) rounded to the inputs' dtype, so their error is ``eps(dtype)`` times the size S of
+  ``Σ_d |x̂(q)_d| |k_d - m_d| / (s_d √D)``, the scores' size (a causal prefix far from m: more). A nearly
+  constant key feature (few keys: a causal prefix, an SH head pooled to two keys) makes S large, and the
+  output's error then grows with it: at most ``eps(dtype) · S / 2`` of the values' range where S >= 10 (measured
+  over random problems; bfloat16: 0.4% per unit of S; compute in float32 where that matters). Limits: BN's
+  variance overflows float32 for keys beyond about 1e18 (its scores then flatten to 0). The linear kernel evaluates
   ``Φ = elu + 1`` as ``exp(x)`` for ``x <= 0`` (no cancellation) and rescales each query whose features are
   all negative (the ratio ignores the scale), so linear-BN against keys of (near) zero variance gives the
   mean value as the formula does; a key whose features all lie below about -87 (float32, bfloat16) has
