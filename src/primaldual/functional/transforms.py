@@ -49,8 +49,8 @@ def key_statistics(
         mean = centre
     else:
         # Prefix sums of the keys shifted by the full mean: var_i = E_i[y²] - E_i[y]² cancels where a prefix sits
-        # far from that mean (a tight prefix of large keys: float32 keeps only var / (E_i[y]² eps32) of it), so
-        # they are accumulated in float64 (O(N·D), beside the O(N²·D) attention) where the device has it.
+        # far from that mean (a tight prefix of large keys: in float32 its relative error is eps32 · E_i[y]² / var_i),
+        # so they are accumulated in float64 (O(N·D), beside the O(N²·D) attention) where the device has it.
         acc = dtype if x.device.type == "mps" else torch.float64
         y = shifted.to(acc)
         steps = torch.arange(1, x.shape[2] + 1, device=x.device, dtype=acc)[None, None, :, None]

@@ -287,13 +287,17 @@ def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int], mo
     ]
     for r in rows:
         std = "" if math.isnan(r["test_acc_std"]) else f" ± {r['test_acc_std']:.2f}"
-        peak = "–" if math.isnan(r["peak_memory_mb"]) else f"{r['peak_memory_mb']:.1f}"
-        val = "–" if math.isnan(r["val_acc_mean"]) else f"{r['val_acc_mean']:.2f}"
         lines.append(
-            f"| {r['attention']} | {r['test_acc_mean']:.2f}{std} | {val} | {r['params']:,} "
-            f"| {r['seconds_per_epoch']:.3f} | {peak} | {r['epochs_mean']:.1f} | {r['seeds']} |"
+            f"| {r['attention']} | {r['test_acc_mean']:.2f}{std} | {_number(r['val_acc_mean'], 2)} | {r['params']:,} "
+            f"| {r['seconds_per_epoch']:.3f} | {_number(r['peak_memory_mb'], 1)} | {r['epochs_mean']:.1f} "
+            f"| {r['seeds']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals; – for NaN (not measured, or no validation split)."""
+    return "–" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
