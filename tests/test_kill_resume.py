@@ -1,5 +1,5 @@
-"""Checkpoints and run files: atomic writes, loading without code, clear errors for damaged files and other
-configurations, and training runs killed with SIGKILL then resumed to the uninterrupted result.
+"""Checkpoints and run files: atomic checkpoint I/O (atomic writes themselves: tests/test_files.py), loading
+without code, clear errors for damaged files and other configurations, and training runs killed with SIGKILL then resumed to the uninterrupted result.
 
 The kill test kills ``PRIMALDUAL_KILLS`` command-line runs (default 3) at seeded random points and resumes each
 in this process; ``PRIMALDUAL_KILLS=20 pytest tests/test_kill_resume.py -k killed`` tries more (about 8 s each).
@@ -26,7 +26,6 @@ from safetensors.torch import load_file
 
 from primaldual.cli import main
 from primaldual.training import TrainConfig, build_model, load_data, train
-from primaldual.files import atomic_open, atomic_write
 from primaldual.training.checkpoints import AtomicCheckpointIO, check_state_dict, load_checkpoint, load_weights
 
 SRC = Path(__file__).parents[1] / "src" / "primaldual"
@@ -65,26 +64,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-# ---- atomic writes ------------------------------------------------------------------------------------
-
-
-def test_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.json"
-    atomic_write(path, b"old contents, longer than the new")
-    atomic_write(path, b"new")
-    assert path.read_bytes() == b"new" and os.listdir(tmp_path) == ["metrics.json"]
-    plain = tmp_path / "plain"
-    plain.write_bytes(b"")
-    assert path.stat().st_mode == plain.stat().st_mode  # the permissions a plain write gives
-
-
-def test_a_write_that_fails_midway_leaves_the_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "last.ckpt"
-    atomic_write(path, b"previous")
-    with pytest.raises(KeyboardInterrupt), atomic_open(path) as file:
-        file.write(b"half of the new")
-        raise KeyboardInterrupt  # as a signal would, between two writes
-    assert path.read_bytes() == b"previous" and os.listdir(tmp_path) == ["last.ckpt"]
+# ---- checkpoint I/O -------------------------------------------------------------------------------------
 
 
 def test_checkpoint_io_round_trip_and_refuses_weights_only_false(tmp_path: Path) -> None:
