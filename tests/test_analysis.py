@@ -61,7 +61,7 @@ CASES = [(v, OPTIONS.get(v, {})) for v in VARIANTS] + [
 @pytest.mark.parametrize("masked", [False, True])
 def test_weights_times_values_equal_layer_output(variant, options, masked):
     torch.manual_seed(0)
-    layer = Attention(32, 4, variant, **options).double()
+    layer = Attention(32, 4, variant=variant, **options).double()
     x = torch.randn(3, 13, 32, dtype=torch.float64)
     mask = padding() if masked else None
     with record_attention(layer) as records:
@@ -214,7 +214,7 @@ def test_redundancy_of_converted_timm_vit_uses_timms_own_weights():
     result = head_redundancy(sh, images)
     assert [r["attention"] for r in result["layers"]] == ["sh", "sh"]
     assert all(r["l2_distance"] > 0 and math.isfinite(r["cosine_similarity"]) for r in result["layers"])
-    assert attention_records(sh, images)[0].layer.num_prefix_tokens == 1
+    assert attention_records(sh, images)[0].layer.options.num_prefix_tokens == 1
 
 
 def test_redundancy_needs_attention_layers_and_a_batch():
@@ -336,8 +336,7 @@ def fake_run(folder, attention, seed, test_accuracy, *, weights=False):
                                         "0,0.001,0.5,1.2,0.4,1.3\n1,0.001,0.6,1.0,0.5,1.1\n2,0.0005,0.7,0.9,0.6,1.0\n")
     if weights:
         torch.manual_seed(seed)
-        model = SequenceClassifier(6, 4, 100, d_model=16, depth=2, num_heads=4, attention=attention,
-                                   attention_options=config.attention_options())
+        model = SequenceClassifier(6, 4, 100, d_model=16, depth=2, num_heads=4, attention=config.attention_options())
         save_file(model.state_dict(), folder / "model.safetensors")
 
 

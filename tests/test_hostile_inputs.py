@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from primaldual import Attention
 from primaldual import functional as F
 from primaldual.functional import reference as R
-from primaldual.functional.variants import check_options
+from primaldual.functional.variants import check_inputs
 from primaldual.models import SequenceClassifier
 
 VARIANTS = tuple(F.VARIANTS)
@@ -289,8 +289,8 @@ def test_sh_factor_far_beyond_the_sequence_pools_it_into_one_key(variant: str) -
                                rtol=0, atol=0)
     torch.testing.assert_close(F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 10**12)),
                                F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 6)), rtol=0, atol=0)
-    assert check_options(variant, q, k, v, mask, scales=(1, 10**12), window=None, causal=False, eps=1e-5,
-                         mean_weight=1.0, num_prefix_tokens=2)[1] == (1, 4)  # 6 keys, 2 of them unpooled
+    options = F.AttentionOptions(variant, scales=(1, 10**12), num_prefix_tokens=2)
+    assert check_inputs(options, q, k, v, mask) == (1, 4)  # 6 keys, 2 of them unpooled
 
 
 # ---- shapes --------------------------------------------------------------------------------------------
@@ -369,7 +369,7 @@ def test_models_ignore_whatever_padded_steps_hold(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_layers_take_empty_batches_and_single_steps(variant: str) -> None:
-    layer = Attention(8, 2, variant, **options(variant, 2))
+    layer = Attention(8, 2, variant=variant, **options(variant, 2))
     model = SequenceClassifier(3, 4, 8, d_model=8, depth=1, num_heads=2, attention=variant,
                                attention_options=options(variant, 2)).eval()
     for b, n in ((0, 5), (2, 1)):

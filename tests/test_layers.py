@@ -13,7 +13,7 @@ OPTIONS = {"sparse": {"window": 2}}
 
 def build(variant, dim=32, heads=4, **kwargs):
     torch.manual_seed(0)
-    return Attention(dim, heads, variant, **{**OPTIONS.get(variant, {}), **kwargs}).double()
+    return Attention(dim, heads, variant=variant, **{**OPTIONS.get(variant, {}), **kwargs}).double()
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -52,15 +52,17 @@ def test_module_matches_functional_composition():
 
 
 def test_default_scales_repeat_over_heads():
-    assert Attention(64, 8, "sh").scales == (1, 2, 4, 8, 1, 2, 4, 8)
-    assert Attention(64, 2, "bn+sh").scales == (1, 2)
+    assert Attention(64, 8, variant="sh").scales == (1, 2, 4, 8, 1, 2, 4, 8)
+    assert Attention(64, 2, variant="bn+sh").scales == (1, 2)
 
 
-def test_softmax_layer_equals_timm_attention_with_same_weights():
+@pytest.mark.parametrize("kwargs", [{}, dict(qkv_bias=True), dict(attn_head_dim=4, dim_out=24, gated=True)])
+def test_softmax_layer_equals_timm_attention_with_same_weights(kwargs):
+    """Same positional arguments, defaults and parameter names as timm's Attention, so its weights load."""
     import timm.layers as timm_layers
 
-    theirs = timm_layers.Attention(32, num_heads=4, qkv_bias=True).eval()
-    ours = Attention(32, 4).eval()
+    theirs = timm_layers.Attention(32, 4, **kwargs).eval()
+    ours = Attention(32, 4, **kwargs).eval()
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn(2, 7, 32)
     torch.testing.assert_close(ours(x), theirs(x))

@@ -34,7 +34,7 @@ def test_convert_changes_only_the_attention(deit_tiny, images, variant):
 
     converted = convert(copy.deepcopy(deit_tiny), variant)
     for old, new in zip(deit_tiny.blocks, converted.blocks):
-        assert new.attn.variant == variant and new.attn.num_prefix_tokens == 1
+        assert new.attn.variant == variant and new.attn.options.num_prefix_tokens == 1
         for part in ("qkv", "proj"):
             torch.testing.assert_close(getattr(new.attn, part).weight, getattr(old.attn, part).weight)
     # Same embeddings and MLPs, a different attention: the outputs move, and stay finite.
@@ -45,7 +45,7 @@ def test_convert_changes_only_the_attention(deit_tiny, images, variant):
     # Each converted block equals the functional variant applied to the old block's projections.
     tokens = torch.randn(2, 197, 192)
     block_old, block_new = deit_tiny.blocks[0].attn, converted.blocks[0].attn
-    reference = Attention(192, 3, variant, num_prefix_tokens=1)
+    reference = Attention(192, 3, qkv_bias=True, variant=variant, num_prefix_tokens=1)
     reference.load_state_dict(block_old.state_dict())
     torch.testing.assert_close(block_new(tokens), reference(tokens))
 

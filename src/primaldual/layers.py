@@ -7,90 +7,92 @@ Batch first ``(B, N, dim)``; ``key_padding_mask`` bool ``(B, N)``, True where a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .functional import attention, default_scales, get_variant
-from .functional.checks import check_scales, check_window
+from .functional import attention
+from .functional.options import FIELDS, AttentionOptions, check_names
 
 
 class Attention(nn.Module):
     """Multi-head self-attention ``proj(concat_h f_h(x))`` where ``f_h`` is the chosen variant.
 
+    The positional arguments are ``timm.layers.Attention``'s, in its order and with its defaults; the variant's
+    settings are keyword-only, given one by one or as one :class:`~primaldual.functional.AttentionOptions`.
+
     Args:
-        dim: token width; must be divisible by ``num_heads``.
+        dim: token width of the input.
         num_heads: H, each an SVR on its own projection of the tokens.
-        variant: ``softmax | linear | sparse | bn | sh | bn+sh | linear-bn | linear-sh | linear-bn+sh``.
-        scales: SH factors, one integer ``>= 1`` per head; default ``(1, 2, 4, 8)`` repeated.
-        qkv_bias, proj_bias: biases of the input and output projections.
+        attn_head_dim: width of each head; default ``dim // num_heads`` (``dim`` must then be divisible).
+        dim_out: width of the output; default ``dim``.
+        qkv_bias, qk_norm, scale_norm, proj_bias, gated, norm_layer, device, dtype: as in timm's ``Attention``.
         attn_drop: dropout on the softmax weights (the linear kernel has no weights to drop).
         proj_drop: dropout after the output projection.
-        window: half-width of the sparse variant's sliding window.
-        eps, mean_weight: BN's variance floor and β (weight on the key mean).
-        causal: query i sees keys ``j <= i`` (softmax, sparse, bn).
-        num_prefix_tokens: leading tokens (class/register) that SH keeps unpooled.
-        qk_norm, scale_norm, norm_layer, device, dtype: as in ``timm.layers.Attention``.
+        options: the variant and its settings; the keyword arguments ``variant``, ``scales``, ``window``,
+            ``eps``, ``mean_weight``, ``causal``, ``num_prefix_tokens`` (see ``AttentionOptions``) build it or
+            override its fields. SH's default factors are ``(1, 2, 4, 8)`` repeated across heads.
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int = 8,
-        variant: str = "softmax",
-        scales: Sequence[int] | None = None,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        *,
-        window: int | None = None,
-        eps: float = 1e-5,
-        mean_weight: float = 1.0,
-        causal: bool = False,
-        num_prefix_tokens: int = 0,
+        attn_head_dim: int | None = None,
+        dim_out: int | None = None,
+        qkv_bias: bool = False,
         qk_norm: bool = False,
         scale_norm: bool = False,
         proj_bias: bool = True,
+        gated: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
         norm_layer: type[nn.Module] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        options: AttentionOptions | None = None,
+        **option_fields: Any,
     ) -> None:
         super().__init__()
-        spec = get_variant(variant)
-        if num_heads < 1 or dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        if num_heads < 1 or (attn_head_dim is None and dim % num_heads):
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}), or give attn_head_dim")
         if (qk_norm or scale_norm) and norm_layer is None:
             raise ValueError("norm_layer must be given when qk_norm or scale_norm is True")
-        if spec.pooled:
-            scales = check_scales(default_scales(num_heads) if scales is None else tuple(scales), num_heads)
-        elif scales is not None:
-            raise ValueError(f"scales is only used by the sh variants, not {variant!r}")
-        if spec.windowed:
-            if window is None:
-                raise ValueError("variant 'sparse' needs window (an integer >= 0)")
-            check_window(window)
+        self.options = _layer_options(options, option_fields).for_heads(num_heads)
         factory = {"device": device, "dtype": dtype}
-        self.variant, self.scales, self.window = variant, scales, window
-        self.eps, self.mean_weight, self.causal, self.num_prefix_tokens = eps, mean_weight, causal, num_prefix_tokens
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **factory)
+        self.num_heads = num_heads
+        self.head_dim = attn_head_dim or dim // num_heads
+        self.attn_dim = num_heads * self.head_dim
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **factory)
         self.q_norm = norm_layer(self.head_dim, **factory) if qk_norm else nn.Identity()
         self.k_norm = norm_layer(self.head_dim, **factory) if qk_norm else nn.Identity()
         self.attn_drop = nn.Dropout(attn_drop)
-        self.norm = norm_layer(dim, **factory) if scale_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim, bias=proj_bias, **factory)
+        self.norm = norm_layer(self.attn_dim, **factory) if scale_norm else nn.Identity()
+        self.gate = nn.Linear(dim, self.attn_dim, bias=qkv_bias, **factory) if gated else None
+        self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias, **factory)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def variant(self) -> str:
+        """The variant's name (``self.options.variant``)."""
+        return self.options.variant
+
+    @property
+    def scales(self) -> tuple[int, ...] | None:
+        """SH factors per head (``self.options.scales``), None for variants without SH."""
+        return self.options.scales
 
     @classmethod
     def configure(cls, **defaults: Any) -> type[Attention]:
         """A subclass whose constructor defaults are ``defaults``, e.g. ``Attention.configure(variant="bn+sh")``.
 
         timm's ``VisionTransformer(attn_layer=...)`` calls ``issubclass`` on its argument, so it needs a class
-        where ``functools.partial`` would be refused.
+        where ``functools.partial`` would be refused. The options are validated here, once.
         """
-        get_variant(defaults.get("variant", "softmax"))
+        fields = {k: v for k, v in defaults.items() if k in FIELDS}
+        _layer_options(defaults.get("options"), fields)
 
         def __init__(self: Attention, dim: int, *args: Any, **kwargs: Any) -> None:
             cls.__init__(self, dim, *args, **{**defaults, **kwargs})
@@ -105,35 +107,39 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        """x ``(B, N, dim)`` -> ``(B, N, dim)``. ``attn_mask`` exists for timm's call signature and must be None."""
+        """x ``(B, N, dim)`` -> ``(B, N, dim_out)``. ``key_padding_mask`` bool ``(B, N)``, True at padding.
+        ``attn_mask`` exists for timm's call signature and must be None; ``is_causal`` makes this call causal."""
         if x.dim() != 3:
             raise ValueError(f"x must be (batch, seq, dim), got shape {tuple(x.shape)}")
         if attn_mask is not None:
             raise ValueError("attn_mask is not supported: pass key_padding_mask (bool (batch, seq), True at padding)")
-        b, n, c = x.shape
+        b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        out = attention(
-            q,
-            k,
-            v,
-            self.variant,
-            key_padding_mask=key_padding_mask,
-            scales=self.scales,
-            window=self.window,
-            causal=self.causal or is_causal,
-            eps=self.eps,
-            mean_weight=self.mean_weight,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
-            num_prefix_tokens=self.num_prefix_tokens,
-        )
-        out = self.norm(out.transpose(1, 2).reshape(b, n, c))
+        options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
+        dropout_p = self.attn_drop.p if self.training else 0.0
+        out = attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+        if self.gate is not None:
+            out = out * self.gate(x).sigmoid()
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
         options = [f"variant={self.variant!r}", f"num_heads={self.num_heads}"]
         if self.scales is not None:
             options.append(f"scales={self.scales}")
-        if self.window is not None:
-            options.append(f"window={self.window}")
+        if self.options.window is not None:
+            options.append(f"window={self.options.window}")
+        if self.options.causal:
+            options.append("causal=True")
         return ", ".join(options)
+
+
+def _layer_options(options: AttentionOptions | None, fields: dict[str, Any]) -> AttentionOptions:
+    """``options`` with ``fields`` applied, or options made of ``fields``; unknown names are a TypeError."""
+    check_names(fields)
+    if options is None:
+        return AttentionOptions(**fields)
+    if not isinstance(options, AttentionOptions):
+        raise TypeError(f"options must be an AttentionOptions, got {type(options).__name__}")
+    return options.replace(**fields) if fields else options

@@ -71,7 +71,7 @@ def test_bad_mask(name, mask, error, pattern):
         ((1, 2, 0, 8), ValueError, r"every factor in scales must be >= 1"),
         ((1, 2, -4, 8), ValueError, r"every factor in scales must be >= 1"),
         ((1, 2, 2.5, 8), TypeError, r"scales must hold integers"),
-        (2, TypeError, r"scales must be a sequence of 4 integers"),
+        (2, TypeError, r"scales must be a sequence of integers"),
     ],
 )
 @pytest.mark.parametrize("fn", [F.sh_attention, F.bn_sh_attention, F.linear_sh_attention])

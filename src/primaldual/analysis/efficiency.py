@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from ..functional import VARIANTS, attention, default_scales, get_variant
+from ..functional import VARIANTS, AttentionOptions, attention, default_scales, get_variant
 from ..functional.checks import check_scales
 from ..layers import Attention
 from ..models import SequenceClassifier
@@ -203,24 +203,24 @@ def _check(lengths: Sequence[int], scopes: Sequence[str], measure: Sequence[str]
         raise ValueError(f"warmup must be >= 0, got {warmup}")
 
 
-def variant_options(variant: str, scales: Sequence[int], window: int) -> dict[str, Any]:
-    """The keyword arguments ``variant`` takes of these: ``scales`` for the SH variants, ``window`` for sparse."""
+def variant_options(variant: str, scales: Sequence[int], window: int) -> AttentionOptions:
+    """``variant`` with those of these settings it uses: ``scales`` for the SH variants, ``window`` for sparse."""
     spec = get_variant(variant)
-    return {**({"scales": scales} if spec.pooled else {}), **({"window": window} if spec.windowed else {})}
+    return AttentionOptions(variant, scales=tuple(scales) if spec.pooled else None, window=window if spec.windowed else None)
 
 
-def _core(variant: str, length: int, options: dict[str, Any], *, seed: int, batch_size: int, dim: int,
+def _core(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
           num_heads: int, device: torch.device, dtype: torch.dtype, **_: Any) -> Callable[[], Any]:
     torch.manual_seed(seed)
     q, k, v = torch.randn(3, batch_size, num_heads, length, dim // num_heads, device=device, dtype=dtype)
-    return lambda: attention(q, k, v, variant, **options)
+    return lambda: attention(q, k, v, options)
 
 
-def _layer(variant: str, length: int, options: dict[str, Any], *, seed: int, batch_size: int, dim: int,
+def _layer(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
            num_heads: int, device: torch.device, dtype: torch.dtype, **_: Any) -> Callable[[], Any]:
     torch.manual_seed(seed)
     x = torch.randn(batch_size, length, dim, device=device, dtype=dtype)
-    layer = Attention(dim, num_heads, variant, **options, device=device, dtype=dtype).eval()
+    layer = Attention(dim, num_heads, qkv_bias=True, options=options, device=device, dtype=dtype).eval()
 
     def call() -> Any:
         with torch.no_grad():
@@ -229,13 +229,13 @@ def _layer(variant: str, length: int, options: dict[str, Any], *, seed: int, bat
     return call
 
 
-def _step(variant: str, length: int, options: dict[str, Any], *, seed: int, batch_size: int, dim: int,
+def _step(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
           num_heads: int, depth: int, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
     torch.manual_seed(seed)
     x = torch.randn(batch_size, length, dim, device=device, dtype=dtype)
     y = torch.randint(0, 2, (batch_size,), device=device)
     model = SequenceClassifier(dim, 2, length, d_model=dim, depth=depth, num_heads=num_heads, dropout=0.0,
-                               attention=variant, attention_options=options).to(device, dtype)
+                               attention=options).to(device, dtype)
     optimizer = torch.optim.AdamW(model.parameters())
 
     def call() -> None:

@@ -46,14 +46,10 @@ class AttentionRecord:
         """The layer's attention weights ``(b, H, N, N)`` on the original keys (see :func:`attention_weights`),
         of the batch elements ``samples`` (all by default; an int gives b = 1). Every statistic of a variant is
         per sample, so a part of the batch has the weights it has in the whole."""
-        layer = self.layer
         index = samples if isinstance(samples, slice) else slice(samples, samples + 1)
         mask = None if self.key_padding_mask is None else self.key_padding_mask[index]
-        return attention_weights(
-            self.q[index], self.k[index], layer.variant, key_padding_mask=mask, scales=layer.scales,
-            window=layer.window, causal=self.causal, eps=layer.eps, mean_weight=layer.mean_weight,
-            num_prefix_tokens=layer.num_prefix_tokens,
-        )
+        return attention_weights(self.q[index], self.k[index], self.layer.options.replace(causal=self.causal),
+                                 key_padding_mask=mask)
 
     def valid_queries(self) -> Tensor:
         """``(B, N)`` bool: the queries that are not padding (self-attention: queries are the keys' positions)."""
@@ -90,7 +86,7 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs).arguments
         call.clear()
-        call.update(mask=bound.get("key_padding_mask"), causal=layer.causal or bool(bound.get("is_causal", False)))
+        call.update(mask=bound.get("key_padding_mask"), causal=layer.options.causal or bool(bound.get("is_causal", False)))
 
     def heads(module: nn.Module, args: tuple) -> None:
         b, n, _ = args[0].shape  # (B, N, H·Dv), the heads concatenated

@@ -2,6 +2,7 @@
 
 from . import reference
 from .kernels import elu_feature_map, linear_kernel, softmax_kernel
+from .options import AttentionOptions
 from .transforms import KeyStatistics, bn_normalize, bn_softmax_inputs, key_statistics, pool_keys
 from .variants import (
     VARIANTS,
@@ -21,6 +22,7 @@ from .variants import (
 from .weights import attention_weights
 
 __all__ = [
+    "AttentionOptions",
     "VARIANTS",
     "Variant",
     "KeyStatistics",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -47,20 +46,19 @@ def check_key_padding_mask(mask: Tensor | None, k: Tensor) -> None:
         raise ValueError(f"key_padding_mask must be on {k.device} like k, got {mask.device}")
 
 
-def check_scales(scales: Sequence[int], num_heads: int) -> tuple[int, ...]:
-    """``scales``: one integer downsampling factor ``>= 1`` per head."""
-    if isinstance(scales, (int, Tensor)) or not isinstance(scales, Sequence):
-        raise TypeError(f"scales must be a sequence of {num_heads} integers (one factor per head), got {scales!r}")
-    if len(scales) != num_heads:
+def check_scales(scales: Sequence[int], num_heads: int | None = None) -> tuple[int, ...]:
+    """``scales``: integer downsampling factors ``>= 1``, one per head (``num_heads`` of them, when given)."""
+    count = "" if num_heads is None else f"{num_heads} "
+    if isinstance(scales, (int, str, Tensor)) or not isinstance(scales, Sequence):
+        raise TypeError(f"scales must be a sequence of {count}integers (one factor per head), got {scales!r}")
+    if num_heads is not None and len(scales) != num_heads:
         raise ValueError(f"scales must have one factor per head ({num_heads}), got {len(scales)}: {tuple(scales)}")
-    out = []
     for r in scales:
         if isinstance(r, bool) or not isinstance(r, int):
             raise TypeError(f"scales must hold integers, got {r!r} in {tuple(scales)}")
         if r < 1:
             raise ValueError(f"every factor in scales must be >= 1, got {r} in {tuple(scales)}")
-        out.append(r)
-    return tuple(out)
+    return tuple(scales)
 
 
 def check_window(window: int) -> int:
@@ -70,17 +68,6 @@ def check_window(window: int) -> int:
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window}")
     return window
-
-
-def check_bn_options(eps: float, mean_weight: float) -> None:
-    """``eps``: finite and ``> 0``, keeps zero-variance keys finite (an infinite one would flatten every
-    score to 0); ``mean_weight`` (β) is any finite number."""
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if not math.isfinite(eps):
-        raise ValueError(f"eps must be finite, got {eps}")
-    if not torch.isfinite(torch.tensor(float(mean_weight))):
-        raise ValueError(f"mean_weight must be finite, got {mean_weight}")
 
 
 def check_dropout(dropout_p: float) -> None:

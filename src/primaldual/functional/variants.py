@@ -42,110 +42,70 @@ every call. What happens instead:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .checks import check_bn_options, check_dropout, check_key_padding_mask, check_qkv, check_scales, check_window
+from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales
 from .kernels import linear_kernel, softmax_kernel
+from .options import VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
 from .transforms import bn_normalize, bn_softmax_inputs, head_groups, pool_keys
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One point of the composition: which kernel, with BN or not, which key selection."""
-
-    kernel: str  # "softmax" | "linear"
-    bn: bool = False
-    pooled: bool = False  # SH: keys/values pooled per head by ``scales``
-    windowed: bool = False  # sparse: sliding window of half-width ``window``
+__all__ = ["VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
 
 
-VARIANTS: dict[str, Variant] = {
-    "softmax": Variant("softmax"),
-    "linear": Variant("linear"),
-    "sparse": Variant("softmax", windowed=True),
-    "bn": Variant("softmax", bn=True),
-    "sh": Variant("softmax", pooled=True),
-    "bn+sh": Variant("softmax", bn=True, pooled=True),
-    "linear-bn": Variant("linear", bn=True),
-    "linear-sh": Variant("linear", pooled=True),
-    "linear-bn+sh": Variant("linear", bn=True, pooled=True),
-}
+def resolve_options(variant: str | AttentionOptions, options: dict[str, Any]) -> AttentionOptions:
+    """``variant`` as :class:`AttentionOptions`: a name with keyword ``options``, or an options object (with
+    ``options`` applied to a copy)."""
+    if isinstance(variant, AttentionOptions):
+        return variant.replace(**options) if options else variant
+    check_names(options)
+    return AttentionOptions(variant, **options)
 
 
-def get_variant(name: str) -> Variant:
-    """The :class:`Variant` called ``name``; a ValueError lists the known names otherwise."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; expected one of {', '.join(VARIANTS)}")
-    return VARIANTS[name]
-
-
-def check_options(
-    variant: str,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    key_padding_mask: Tensor | None,
-    *,
-    scales: Sequence[int] | None,
-    window: int | None,
-    causal: bool,
-    eps: float,
-    mean_weight: float,
-    num_prefix_tokens: int,
-) -> tuple[Variant, tuple[int, ...] | None]:
-    """Validate the arguments of :func:`attention`; return the variant and its scales (None unless SH), each
-    at most the number of keys it pools (a larger factor gives the same single window, at a cost that grows
-    with the factor)."""
-    spec = get_variant(variant)
+def check_inputs(
+    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
+) -> tuple[int, ...] | None:
+    """Check the tensors against ``options`` (already valid in themselves); return the SH factors (None unless
+    SH), each at most the number of keys it pools (a larger factor gives the same single window, at a cost
+    that grows with the factor)."""
     check_qkv(q, k, v)
     check_key_padding_mask(key_padding_mask, k)
-    if spec.bn:
-        check_bn_options(eps, mean_weight)
-    if spec.windowed:
-        if window is None:
-            raise ValueError(f"variant {variant!r} needs window (an integer >= 0)")
-        check_window(window)
-    elif window is not None:
-        raise ValueError(f"window is only used by the sparse variant, not {variant!r}")
-    if causal and (spec.kernel != "softmax" or spec.pooled):
-        raise ValueError(f"causal=True is supported by softmax, sparse and bn, not {variant!r}")
-    if causal and spec.bn and q.shape[2] != k.shape[2]:
+    spec = options.spec
+    if options.causal and spec.bn and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal bn needs as many queries as keys, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if not spec.pooled:
-        if scales is not None:
-            raise ValueError(f"scales is only used by the sh variants, not {variant!r}")
-        return spec, None
-    if scales is None:
-        raise ValueError(f"variant {variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})")
-    if num_prefix_tokens < 0:
-        raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
-    pooled = max(1, k.shape[2] - num_prefix_tokens)
-    return spec, tuple(min(r, pooled) for r in check_scales(scales, q.shape[1]))
+        return None
+    if options.scales is None:
+        raise ValueError(
+            f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})"
+        )
+    pooled = max(1, k.shape[2] - options.num_prefix_tokens)
+    return tuple(min(r, pooled) for r in check_scales(options.scales, q.shape[1]))
+
+
+def normalise(
+    options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """The normalisation step on keys already selected: BN's inputs for the variant's kernel, else unchanged.
+
+    softmax kernel: ``(q - βμ) ⊘ s²`` and ``k - m`` (the shift identity); linear: ``x̂ = (x - βμ) ⊘ s`` on both.
+    """
+    if not options.spec.bn:
+        return q, k
+    if options.spec.kernel == "softmax":
+        return bn_softmax_inputs(q, k, mask, eps=options.eps, mean_weight=options.mean_weight, causal=options.causal)
+    return bn_normalize(q, k, mask, eps=options.eps, mean_weight=options.mean_weight)
 
 
 def _fit_and_evaluate(
-    spec: Variant,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    mask: Tensor | None,
-    *,
-    causal: bool,
-    window: int | None,
-    eps: float,
-    mean_weight: float,
-    dropout_p: float,
+    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
 ) -> Tensor:
     """Normalisation then kernel, on keys already selected."""
-    if spec.kernel == "softmax":
-        if spec.bn:
-            q, k = bn_softmax_inputs(q, k, mask, eps=eps, mean_weight=mean_weight, causal=causal)
-        return softmax_kernel(q, k, v, mask, causal=causal, window=window, dropout_p=dropout_p)
-    if spec.bn:
-        q, k = bn_normalize(q, k, mask, eps=eps, mean_weight=mean_weight)
+    q, k = normalise(options, q, k, mask)
+    if options.spec.kernel == "softmax":
+        return softmax_kernel(q, k, v, mask, causal=options.causal, window=options.window, dropout_p=dropout_p)
     return linear_kernel(q, k, v, mask)
 
 
@@ -153,37 +113,31 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    variant: str = "softmax",
+    variant: str | AttentionOptions = "softmax",
     *,
     key_padding_mask: Tensor | None = None,
-    scales: Sequence[int] | None = None,
-    window: int | None = None,
-    causal: bool = False,
-    eps: float = 1e-5,
-    mean_weight: float = 1.0,
     dropout_p: float = 0.0,
-    num_prefix_tokens: int = 0,
+    **options: Any,
 ) -> Tensor:
-    """Attention ``variant`` (a key of :data:`VARIANTS`) of q ``(B,H,Nq,D)`` on k ``(B,H,Nk,D)``, v ``(B,H,Nk,Dv)``.
+    """Attention ``variant`` of q ``(B,H,Nq,D)`` on k ``(B,H,Nk,D)``, v ``(B,H,Nk,Dv)`` -> ``(B,H,Nq,Dv)``.
 
-    ``scales`` (SH variants): one factor ``r_h >= 1`` per head. ``window`` (sparse): half-width ``>= 0``.
-    ``eps``, ``mean_weight`` (β): BN options. ``causal``: softmax, sparse and bn only (BN then uses prefix
-    statistics). ``dropout_p``: dropout on the softmax weights. ``num_prefix_tokens``: leading keys
-    (class/register tokens) that SH leaves unpooled. Returns ``(B, H, Nq, Dv)``.
+    ``variant``: a key of :data:`VARIANTS` whose settings are the keyword ``options`` (``scales``, ``window``,
+    ``eps``, ``mean_weight``, ``causal``, ``num_prefix_tokens``: see :class:`AttentionOptions`), or an
+    :class:`AttentionOptions` made once (the layers' way: nothing but the tensors is checked per call).
+    ``key_padding_mask``: bool ``(B, Nk)``, True at padding. ``dropout_p``: dropout on the softmax weights.
     """
-    spec, scales = check_options(
-        variant, q, k, v, key_padding_mask, scales=scales, window=window, causal=causal, eps=eps,
-        mean_weight=mean_weight, num_prefix_tokens=num_prefix_tokens,
-    )
+    options = resolve_options(variant, options)
+    scales = check_inputs(options, q, k, v, key_padding_mask)
     check_dropout(dropout_p)
-    options = dict(causal=causal, window=window, eps=eps, mean_weight=mean_weight, dropout_p=dropout_p)
     if scales is None:
-        return _fit_and_evaluate(spec, q, k, v, key_padding_mask, **options)
+        return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
     groups = head_groups(scales)
     outputs = []
     for factor, heads in groups.items():
-        pk, pv, pmask = pool_keys(k[:, heads], v[:, heads], key_padding_mask, factor, num_prefix_tokens=num_prefix_tokens)
-        outputs.append(_fit_and_evaluate(spec, q[:, heads], pk, pv, pmask, **options))
+        pk, pv, pmask = pool_keys(
+            k[:, heads], v[:, heads], key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
+        )
+        outputs.append(_fit_and_evaluate(options, q[:, heads], pk, pv, pmask, dropout_p))
     if len(outputs) == 1:
         return outputs[0]
     order = torch.cat([torch.arange(q.shape[1])[h] for h in groups.values()])
@@ -264,8 +218,3 @@ def linear_sh_attention(
 ) -> Tensor:
     """Linear attention where head h's keys/values are pooled by ``scales[h]``."""
     return attention(q, k, v, "linear-sh", key_padding_mask=key_padding_mask, scales=scales)
-
-
-def default_scales(num_heads: int, base: Sequence[int] = (1, 2, 4, 8)) -> tuple[int, ...]:
-    """SPEC's default SH factors: ``base`` repeated across heads in order (8 heads -> 1,2,4,8,1,2,4,8)."""
-    return tuple(base[h % len(base)] for h in range(num_heads))

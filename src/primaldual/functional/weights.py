@@ -8,33 +8,30 @@ formulas of :mod:`primaldual.functional.reference`, so nothing is written twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import reference
 from .kernels import elu_feature_map
-from .transforms import allowed_keys, bn_normalize, bn_softmax_inputs, head_groups, pool_keys
-from .variants import Variant, check_options
+from .options import AttentionOptions
+from .transforms import allowed_keys, head_groups, pool_keys
+from .variants import check_inputs, normalise, resolve_options
 
 
 def attention_weights(
     q: Tensor,
     k: Tensor,
-    variant: str = "softmax",
+    variant: str | AttentionOptions = "softmax",
     *,
     key_padding_mask: Tensor | None = None,
-    scales: Sequence[int] | None = None,
-    window: int | None = None,
-    causal: bool = False,
-    eps: float = 1e-5,
-    mean_weight: float = 1.0,
-    num_prefix_tokens: int = 0,
+    **options: Any,
 ) -> Tensor:
     """Weights ``w`` ``(B, H, Nq, Nk)`` with ``attention(q, k, v, variant, ...) = w @ v`` (no dropout).
 
-    q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``; the options are those of :func:`primaldual.functional.attention`.
+    q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``; ``variant`` and ``options`` as in
+    :func:`primaldual.functional.attention`.
 
     * softmax kernel: ``w_ij = softmax_j(q_iᵀk_j/√D)`` over the allowed keys; BN uses the normalised
       inputs of :func:`~primaldual.functional.bn_softmax_inputs`, which give the same weights.
@@ -47,13 +44,10 @@ def attention_weights(
 
     A query with no allowed key has a zero row (its output is 0).
     """
-    spec, scales = check_options(
-        variant, q, k, k, key_padding_mask, scales=scales, window=window, causal=causal, eps=eps,
-        mean_weight=mean_weight, num_prefix_tokens=num_prefix_tokens,
-    )
-    options = dict(causal=causal, window=window, eps=eps, mean_weight=mean_weight)
+    options = resolve_options(variant, options)
+    scales = check_inputs(options, q, k, k, key_padding_mask)
     if scales is None:
-        return _kernel_weights(spec, q, k, key_padding_mask, **options)
+        return _kernel_weights(options, q, k, key_padding_mask)
     b, _, nq, nk = *q.shape[:3], k.shape[2]
     weights = q.new_zeros(b, q.shape[1], nq, nk)
     identity = torch.eye(nk, dtype=q.dtype, device=q.device)
@@ -63,29 +57,18 @@ def attention_weights(
         # for valid j in window w: the map from pooled keys back to the original ones.
         spread_identity = identity.expand(b, keys.shape[1], nk, nk)
         pooled, spread, mask = pool_keys(
-            keys, spread_identity, key_padding_mask, factor, num_prefix_tokens=num_prefix_tokens
+            keys, spread_identity, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
         )
-        weights[:, heads] = _kernel_weights(spec, q[:, heads], pooled, mask, **options) @ spread
+        weights[:, heads] = _kernel_weights(options, q[:, heads], pooled, mask) @ spread
     return weights
 
 
-def _kernel_weights(
-    spec: Variant,
-    q: Tensor,
-    k: Tensor,
-    mask: Tensor | None,
-    *,
-    causal: bool,
-    window: int | None,
-    eps: float,
-    mean_weight: float,
-) -> Tensor:
-    """Normalisation then kernel weights on keys already selected, as ``functional.variants`` composes them."""
-    allowed = allowed_keys(q.shape[2], k.shape[2], mask, causal=causal, window=window, device=q.device)
-    if spec.kernel == "softmax":
-        if spec.bn:
-            q, k = bn_softmax_inputs(q, k, mask, eps=eps, mean_weight=mean_weight, causal=causal)
+def _kernel_weights(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+    """Normalisation then kernel weights on keys already selected, the step ``functional.variants`` takes."""
+    allowed = allowed_keys(
+        q.shape[2], k.shape[2], mask, causal=options.causal, window=options.window, device=q.device
+    )
+    q, k = normalise(options, q, k, mask)
+    if options.spec.kernel == "softmax":
         return reference.softmax_weights(q, k, allowed)
-    if spec.bn:
-        q, k = bn_normalize(q, k, mask, eps=eps, mean_weight=mean_weight)
     return reference.normalised_weights(elu_feature_map(q) @ elu_feature_map(k).transpose(-2, -1), allowed)

@@ -17,18 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..functional.options import AttentionOptions
+from ..functional.variants import resolve_options
 from ..layers import Attention
 
 
 class Block(nn.Module):
     """``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, the padding mask reaching the attention."""
 
-    def __init__(
-        self, d_model: int, num_heads: int, hidden: int, dropout: float, attention: str, options: dict[str, Any]
-    ) -> None:
+    def __init__(self, d_model: int, num_heads: int, hidden: int, dropout: float, options: AttentionOptions) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, num_heads, attention, attn_drop=dropout, proj_drop=dropout, **options)
+        self.attn = Attention(d_model, num_heads, qkv_bias=True, attn_drop=dropout, proj_drop=dropout, options=options)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_model), nn.Dropout(dropout)
@@ -50,7 +50,8 @@ class SequenceClassifier(nn.Module):
     ids in ``[0, V)``, each embedded by an ``nn.Embedding(V, d_model)``; padding is what ``key_padding_mask`` says
     (ListOps' padding id 0, say), so an id such as a black pixel's 0 stays a token where the mask is False.
     Padded steps are zeroed (id 0) before the embedding, so their values never reach the logits.
-    ``attention_options`` go to :class:`primaldual.Attention` (``scales``, ``window``, ``eps``, ``mean_weight``, ...).
+    ``attention``: a variant name or an :class:`~primaldual.functional.AttentionOptions`; ``attention_options``:
+    settings applied to it (``scales``, ``window``, ``eps``, ``mean_weight``, ...), for every block.
     """
 
     def __init__(
@@ -65,7 +66,7 @@ class SequenceClassifier(nn.Module):
         num_heads: int = 8,
         mlp_ratio: float = 2.0,
         dropout: float = 0.1,
-        attention: str = "softmax",
+        attention: str | AttentionOptions = "softmax",
         attention_options: dict[str, Any] | None = None,
         patch_size: int = 1,
         pooling: str = "mean",
@@ -96,10 +97,8 @@ class SequenceClassifier(nn.Module):
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.drop = nn.Dropout(dropout)
         hidden = round(d_model * mlp_ratio)
-        options = attention_options or {}
-        self.blocks = nn.ModuleList(
-            Block(d_model, num_heads, hidden, dropout, attention, options) for _ in range(depth)
-        )
+        options = resolve_options(attention, attention_options or {})
+        self.blocks = nn.ModuleList(Block(d_model, num_heads, hidden, dropout, options) for _ in range(depth))
         self.norm = nn.LayerNorm(d_model)
         if pooling not in ("mean", "flatten"):
             raise ValueError(f"pooling must be 'mean' or 'flatten', got {pooling!r}")

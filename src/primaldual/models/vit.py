@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from ..functional.options import FIELDS, AttentionOptions
+from ..functional.variants import resolve_options
 from ..layers import Attention
 
 # name -> timm VisionTransformer keywords. DeiT presets follow Touvron et al. (2021).
@@ -26,25 +28,26 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def vision_transformer(
-    preset: str = "vit_28", variant: str = "softmax", *, num_classes: int = 10, **options: Any
+    preset: str = "vit_28", variant: str | AttentionOptions = "softmax", *, num_classes: int = 10, **options: Any
 ) -> nn.Module:
-    """A timm ``VisionTransformer`` from ``preset`` (a key of :data:`PRESETS`) with ``variant`` attention.
+    """A timm ``VisionTransformer`` from ``preset`` (a key of :data:`PRESETS`) with ``variant`` attention (a name
+    or an :class:`~primaldual.functional.AttentionOptions`).
 
-    ``options`` go to :class:`primaldual.Attention` when it takes them (``scales``, ``window``, ``eps``,
-    ``mean_weight``), otherwise to ``VisionTransformer`` (e.g. ``drop_path_rate``, ``in_chans``).
+    ``options`` named like a field of ``AttentionOptions`` (``scales``, ``window``, ``eps``, ``mean_weight``, ...)
+    set the attention; the others go to ``VisionTransformer`` (e.g. ``drop_path_rate``, ``in_chans``). The class
+    token is a prefix token (SH keeps it unpooled).
     """
     from timm.models.vision_transformer import VisionTransformer
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    attention_keys = {"scales", "window", "eps", "mean_weight"}
-    attention_options = {k: v for k, v in options.items() if k in attention_keys}
-    vit_options = {**PRESETS[preset], **{k: v for k, v in options.items() if k not in attention_keys}}
-    layer = Attention.configure(variant=variant, num_prefix_tokens=1, **attention_options)
+    attention_options = {"num_prefix_tokens": 1, **{k: v for k, v in options.items() if k in FIELDS}}
+    vit_options = {**PRESETS[preset], **{k: v for k, v in options.items() if k not in FIELDS}}
+    layer = Attention.configure(options=resolve_options(variant, attention_options))
     return VisionTransformer(num_classes=num_classes, attn_layer=layer, **vit_options)
 
 
-def convert(model: nn.Module, variant: str, **options: Any) -> nn.Module:
+def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -> nn.Module:
     """Replace, in place, every ``timm.layers.Attention`` of ``model`` by ``primaldual.Attention(variant)``.
 
     The new layers reuse the old ``qkv``, ``proj`` and norm modules (same weights, device, dtype), so only
@@ -53,18 +56,17 @@ def convert(model: nn.Module, variant: str, **options: Any) -> nn.Module:
     """
     from timm.layers import Attention as TimmAttention
 
-    options.setdefault("num_prefix_tokens", getattr(model, "num_prefix_tokens", 0))
+    if not isinstance(variant, AttentionOptions):
+        options.setdefault("num_prefix_tokens", getattr(model, "num_prefix_tokens", 0))
+    options = resolve_options(variant, options)
     replaced = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is not TimmAttention:
                 continue
-            dim = child.qkv.in_features
-            if child.attn_dim != dim or getattr(child, "gate", None) is not None or child.proj.out_features != dim:
-                raise ValueError(f"{name}: only timm Attention with attn_dim == dim and no gate can be converted")
-            new = Attention(dim, child.num_heads, variant, device="meta", **options)
-            for part in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"):
-                setattr(new, part, getattr(child, part))
+            new = Attention(child.qkv.in_features, child.num_heads, child.head_dim, device="meta", options=options)
+            for part in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"):
+                setattr(new, part, getattr(child, part, None))
             new.train(child.training)
             setattr(parent, name, new)
             replaced += 1

@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from ..functional import VARIANTS, get_variant
+from ..functional import VARIANTS, AttentionOptions, get_variant
 from ..models.vit import PRESETS
 
 TASKS = ("timeseries", "image", "listops", "pixels")
@@ -205,15 +205,12 @@ class TrainConfig:
         """Token width of the model: the ViT preset's ``embed_dim`` for the image task, else ``d_model``."""
         return PRESETS[self.model]["embed_dim"] if self.task == "image" else self.d_model
 
-    def attention_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`primaldual.Attention` for this variant (scales and window where used)."""
+    def attention_options(self) -> AttentionOptions:
+        """This run's attention: the variant with its settings (scales and window where the variant uses them)."""
         spec = get_variant(self.attention)
-        options: dict[str, Any] = {"eps": self.eps, "mean_weight": self.mean_weight}
-        if spec.pooled and self.scales is not None:
-            options["scales"] = tuple(self.scales)
-        if spec.windowed:
-            options["window"] = self.window
-        return options
+        scales = tuple(self.scales) if spec.pooled and self.scales is not None else None
+        window = self.window if spec.windowed else None
+        return AttentionOptions(self.attention, scales=scales, window=window, eps=self.eps, mean_weight=self.mean_weight)
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain Python values (YAML- and JSON-safe)."""

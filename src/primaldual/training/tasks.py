@@ -152,16 +152,16 @@ def build_model(config: TrainConfig, data: TaskData) -> nn.Module:
             raise ValueError(f"model {config.model} cuts images into {patch}x{patch} patches, which do not tile the "
                              f"{data.image_size}x{data.image_size} images of {data.name}: choose another --model")
         return vision_transformer(
-            config.model, config.attention, num_classes=data.num_classes, img_size=data.image_size,
-            in_chans=data.channels, drop_rate=config.dropout, proj_drop_rate=config.dropout,
-            attn_drop_rate=config.dropout, drop_path_rate=config.drop_path, **config.attention_options(),
+            config.model, config.attention_options().replace(num_prefix_tokens=1), num_classes=data.num_classes,
+            img_size=data.image_size, in_chans=data.channels, drop_rate=config.dropout, proj_drop_rate=config.dropout,
+            attn_drop_rate=config.dropout, drop_path_rate=config.drop_path,
         )
     tokens = config.task in TOKEN_TASKS
     return SequenceClassifier(
         None if tokens else data.num_channels, data.num_classes, data.max_length,
         vocab_size=data.vocab_size if tokens else None, d_model=config.d_model, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout, attention=config.attention,
-        attention_options=config.attention_options(), patch_size=config.patch_size, pooling=config.pooling,
+        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout,
+        attention=config.attention_options(), patch_size=config.patch_size, pooling=config.pooling,
     )
 
 
