@@ -28,6 +28,7 @@ from torch import Tensor
 
 from primaldual.analysis.efficiency import interleaved_seconds, peak_bytes, variant_options
 from benchmarks import publish
+from primaldual import tables
 from primaldual.functional import VARIANTS, attention, bn_normalize, default_scales, reference
 
 
@@ -131,18 +132,18 @@ def _no_grad(call: Callable[[], Tensor]) -> Callable[[], Tensor]:
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Time ratio to sdpa (and median ms) per candidate, one column per (length, mask, pass)."""
-    columns = list(dict.fromkeys((r["length"], r["masked"], r["pass"]) for r in rows))
+    keys = list(dict.fromkeys((r["length"], r["masked"], r["pass"]) for r in rows))
     cell = {(r["attention"], r["length"], r["masked"], r["pass"]): r for r in rows}
     names = list(dict.fromkeys(r["attention"] for r in rows))
-    head = [f"N={n}{' masked' if m else ''} {'fwd+bwd' if p != 'forward' else 'fwd'}" for n, m, p in columns]
-    lines = ["| attention | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
-    for name in names:
-        values = []
-        for column in columns:
-            r = cell.get((name, *column))
-            values.append("" if r is None else f"{r['time_ratio']:.2f}× ({1e3 * r['seconds']:.0f} ms)")
-        lines.append(f"| {name} | " + " | ".join(values) + " |")
-    return "\n".join(lines) + "\n"
+
+    def timing(name: str, key: tuple) -> str:
+        r = cell.get((name, *key))
+        return "" if r is None else f"{r['time_ratio']:.2f}× ({1e3 * r['seconds']:.0f} ms)"
+
+    pivot = [{"attention": name, **{key: timing(name, key) for key in keys}} for name in names]
+    columns = [(f"N={n}{' masked' if m else ''} {'fwd+bwd' if p != 'forward' else 'fwd'}", (n, m, p))
+               for n, m, p in keys]
+    return tables.markdown(pivot, [("attention", "attention"), *columns])
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from primaldual.analysis.efficiency import interleaved_seconds
 from benchmarks import publish
+from primaldual import tables
 from primaldual.models import SequenceClassifier
 from primaldual.models.vit import vision_transformer
 
@@ -79,11 +80,10 @@ def benchmark(
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| task | attention | tokens | ms / step | samples / s | time / softmax |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['task']} | {r['attention']} | {r['length']} | {1e3 * r['seconds_per_step']:.1f} | "
-                     f"{r['samples_per_second']:.1f} | {r['time_ratio']:.2f} |")
-    return "\n".join(lines) + "\n"
+    return tables.markdown(rows, [
+        ("task", "task"), ("attention", "attention"), ("tokens", "length"),
+        ("ms / step", lambda r: f"{1e3 * r['seconds_per_step']:.1f}"),
+        ("samples / s", lambda r: f"{r['samples_per_second']:.1f}"), ("time / softmax", "time_ratio")])
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:

@@ -26,9 +26,7 @@ How each quantity is measured:
 
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 import statistics
 import time
@@ -46,6 +44,7 @@ from ..functional import VARIANTS, AttentionOptions, attention, default_scales, 
 from ..functional.checks import check_scales
 from ..layers import Attention
 from ..models import SequenceClassifier
+from ..tables import write_rows
 
 SCOPES = ("core", "layer", "step")
 MEASURES = ("flops", "memory", "time")
@@ -131,7 +130,7 @@ def efficiency(
                 "analytic_flops_ratio": analytic,
             })
     if output is not None:
-        write_rows(rows, Path(output), "efficiency")
+        write_rows(rows, output, "efficiency")
     return rows
 
 
@@ -161,31 +160,6 @@ def _inference(model: nn.Module, inputs: Sequence[Tensor]) -> Callable[[], Any]:
             return model(*inputs)
 
     return call
-
-
-def write_rows(rows: list[dict[str, Any]], folder: Path, stem: str) -> None:
-    """``rows`` (dicts with the same keys) as ``folder/stem.csv`` and ``folder/stem.json``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{stem}.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / f"{stem}.json").write_text(to_json(rows))
-
-
-def to_json(content: Any) -> str:
-    """Strict JSON text of ``content``: NaN and infinities (not JSON) become null."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(item) for item in value]
-        return value
-
-    return json.dumps(clean(content), indent=2, allow_nan=False, default=str) + "\n"
 
 
 def _check(lengths: Sequence[int], scopes: Sequence[str], measure: Sequence[str], sizes: dict[str, int],

@@ -23,7 +23,7 @@ import glob
 import json
 import math
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +31,10 @@ from typing import Any
 import torch
 import yaml
 
+from ..tables import json_text, markdown, number
 from ..training.config import TrainConfig
 from .efficiency import efficiency as measure_efficiency
-from .efficiency import model_cost, to_json
+from .efficiency import model_cost
 from .plots import COST_METRICS, plot_accuracy, plot_attention_maps, plot_cost, plot_redundancy
 from .redundancy import attention_records, head_redundancy
 
@@ -89,9 +90,9 @@ def report(
                                                 output / "redundancy.png").name
     content = {"runs": [_run_row(run) for run in runs], "accuracy": accuracy, "redundancy": redundancy,
                "efficiency": cost, "figures": figures, "notes": notes}
-    (output / "report.json").write_text(to_json(content))
+    (output / "report.json").write_text(json_text(content))
     path = output / "report.md"
-    path.write_text(_markdown(content, run_dirs))
+    path.write_text(_report_text(content, run_dirs))
     return path
 
 
@@ -278,23 +279,6 @@ def _slug(name: str) -> str:
 
 # --- Markdown -------------------------------------------------------------------------------------------------
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str | Callable[[Mapping], Any]]]) -> str:
-    """A Markdown table: ``columns`` are ``(header, key or function of the row)``."""
-    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = [_fmt(get(row) if callable(get) else row.get(get)) for _, get in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 # absolute figures of efficiency rows: key -> (label, divisor)
 ABSOLUTE_COST = {"flops": ("GFLOPs", 1e9), "peak_bytes": ("peak memory (MB)", 1e6), "seconds": ("time (ms)", 1e-3)}
 
@@ -319,18 +303,18 @@ def cost_tables(rows: Sequence[Mapping[str, Any]], absolute: bool = False) -> st
 
         pivot = [{"scope": s, "attention": a, **{n: value(s, a, n) for n in lengths}} for s, a in keys]
         columns = [("scope", "scope"), ("attention", "attention"), *((f"N={n}", n) for n in lengths)]
-        parts.append(f"{label}, by sequence length:\n\n" + _table(pivot, columns))
+        parts.append(f"{label}, by sequence length:\n\n" + markdown(pivot, columns))
     analytic = [r for r in rows if r.get("analytic_flops_ratio") is not None and r.get("flops_ratio") is not None]
     if analytic:
         columns = [("attention", "attention"), ("N", "length"), ("counted", "flops_ratio"),
                    ("analytic", "analytic_flops_ratio"),
                    ("rel. difference", lambda r: r["flops_ratio"] / r["analytic_flops_ratio"] - 1)]
         parts.append("SH FLOPs ratio, counted versus analytic (core scope; SPEC §3: mean over heads of 1/r):\n\n"
-                     + _table(analytic, columns))
+                     + markdown(analytic, columns))
     return "\n".join(parts)
 
 
-def _markdown(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> str:
+def _report_text(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> str:
     figures = content["figures"]
     out = [
         "# primaldual report\n",
@@ -343,15 +327,15 @@ def _markdown(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> str
         "(a batch of test samples, eval mode, the models of a dataset timed side by side on the CPU that wrote this "
         "report). Peak MB: the runs' mean peak memory while training and testing (CUDA: allocated by PyTorch; CPU: "
         "resident set of the process), – where a run predates its measurement.\n",
-        _table(content["accuracy"], [
+        markdown(content["accuracy"], [
             ("dataset", "dataset"), ("attention", "attention"), ("test acc (%)", "test_acc_mean"),
             ("std", "test_acc_std"), ("val acc (%)", "val_acc_mean"), ("params", "params"),
             ("MFLOPs / sample", lambda r: r["flops_per_sample"] / 1e6), ("samples / s", "samples_per_second"),
-            ("s / epoch", "seconds_per_epoch"), ("peak MB", lambda r: _fmt(r["peak_memory_mb"], 1)),
+            ("s / epoch", "seconds_per_epoch"), ("peak MB", lambda r: number(r["peak_memory_mb"], 1)),
             ("epochs", "epochs_mean"), ("seeds", "seeds")]),
         f"![accuracy]({figures['accuracy']})\n",
         "## Runs\n",
-        _table(content["runs"], [
+        markdown(content["runs"], [
             ("run", "run"), ("dataset", "dataset"), ("attention", "attention"), ("seed", "seed"),
             ("test acc (%)", "test_acc"), ("val acc (%)", "val_acc"), ("best epoch", "best_epoch"),
             ("epochs", "epochs"), ("s / epoch", "seconds_per_epoch"), ("params", "params")]),
@@ -363,10 +347,10 @@ def _markdown(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> str
         "layers.\n",
     ]
     if content["redundancy"]:
-        out += [_table(content["redundancy"], [
+        out += [markdown(content["redundancy"], [
             ("dataset", "dataset"), ("attention", "attention"), ("layer", "layer"),
-            ("L2 distance", lambda r: _fmt(r["l2_distance"], 4)),
-            ("cosine similarity", lambda r: _fmt(r["cosine_similarity"], 4)), ("runs", "runs")]),
+            ("L2 distance", lambda r: number(r["l2_distance"], 4)),
+            ("cosine similarity", lambda r: number(r["cosine_similarity"], 4)), ("runs", "runs")]),
             f"![redundancy]({figures['redundancy']})\n",
             "### Attention maps\n",
             *(f"![{name}]({name})\n" for name in figures["attention_maps"])]

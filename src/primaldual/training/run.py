@@ -24,8 +24,6 @@ process measures its own and rank 0's is written.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import statistics
@@ -45,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 
+from .. import tables
 from ..data.batching import LengthGroupedSampler, trim_padding
 from ..files import atomic_write
 from .checkpoints import (
@@ -154,8 +153,8 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
     if trainer.is_global_zero:
         weights = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
         atomic_write(output / "model.safetensors", safetensors_bytes(weights, metadata={"config": config.to_yaml()}))
-        atomic_write(output / "metrics.csv", _csv(rows).encode())
-        atomic_write(output / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+        atomic_write(output / "metrics.csv", tables.csv_text(rows).encode())
+        atomic_write(output / "metrics.json", tables.json_text(metrics).encode())
     return metrics
 
 
@@ -228,7 +227,7 @@ def compare(
         output.mkdir(parents=True, exist_ok=True)
         monitors = {m.get("monitor", "val_acc") for runs in results.values() for m in runs}
         table = _markdown(rows, base.dataset, seeds, monitors.pop() if len(monitors) == 1 else None)
-        atomic_write(output / "summary.csv", _csv(rows).encode())
+        atomic_write(output / "summary.csv", tables.csv_text(rows).encode())
         atomic_write(output / "summary.md", table.encode())
         print(table, flush=True)
     return rows
@@ -278,35 +277,20 @@ SELECTED_EPOCH = {"val_acc": "the best-validation epoch", "train_loss": "the epo
 
 def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int], monitor: str | None) -> str:
     """The summary as a Markdown table; ``monitor``: the runs' (None if they differ)."""
-    lines = [
-        f"{dataset}: test accuracy (%) of {SELECTED_EPOCH[monitor]}, mean ± std over seeds "
-        f"{', '.join(map(str, seeds))}",
-        "",
-        "| attention | test acc (%) | val acc (%) | params | s / epoch | peak MB | epochs | seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        std = "" if math.isnan(r["test_acc_std"]) else f" ± {r['test_acc_std']:.2f}"
-        lines.append(
-            f"| {r['attention']} | {r['test_acc_mean']:.2f}{std} | {_number(r['val_acc_mean'], 2)} | {r['params']:,} "
-            f"| {r['seconds_per_epoch']:.3f} | {_number(r['peak_memory_mb'], 1)} | {r['epochs_mean']:.1f} "
-            f"| {r['seeds']} |"
-        )
-    return "\n".join(lines) + "\n"
+    title = (f"{dataset}: test accuracy (%) of {SELECTED_EPOCH[monitor]}, mean ± std over seeds "
+             f"{', '.join(map(str, seeds))}\n\n")
+    return title + tables.markdown(rows, [
+        ("attention", "attention"), ("test acc (%)", _mean_std), ("val acc (%)", "val_acc_mean"),
+        ("params", lambda r: f"{r['params']:,}"), ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
+        ("peak MB", lambda r: tables.number(r["peak_memory_mb"], 1)),
+        ("epochs", lambda r: tables.number(r["epochs_mean"], 1)), ("seeds", "seeds"),
+    ])
 
 
-def _number(value: float, digits: int) -> str:
-    """``value`` with ``digits`` decimals; – for NaN (not measured, or no validation split)."""
-    return "–" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    """``rows`` (dicts with the same keys) as CSV text with a header."""
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
+def _mean_std(row: dict[str, Any]) -> str:
+    """``mean ± std`` of a summary row's test accuracy; the mean alone for one seed."""
+    std = "" if math.isnan(row["test_acc_std"]) else f" ± {row['test_acc_std']:.2f}"
+    return f"{row['test_acc_mean']:.2f}{std}"
 
 
 def checksum(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
