@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import TensorDataset
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
 
 from .sequences import _describe
+from .splits import ClassificationData
 
 if TYPE_CHECKING:  # Pillow, timm and torchvision (the vision extra) are imported where they are used
     from PIL.Image import Image
@@ -85,6 +87,44 @@ class ImageData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+class TransformedImages(Dataset):
+    """Item ``i``: ``(transform(images[i] as (1, H, W) uint8), labels[i])``."""
+
+    def __init__(self, split: ImageSplit, transform: nn.Module) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.transform(self.split.images[i][None]), self.split.labels[i]
+
+
+@dataclass
+class DatasetSplit:
+    """One split as a torch ``Dataset`` of ``(image (C, H, W) float, label)`` items, transformed on access."""
+
+    dataset: Dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def to_dataset(self) -> Dataset:
+        return self.dataset
+
+
+@dataclass
+class ImageDatasets(ClassificationData):
+    """An image classification set ready to train on: square ``image_size`` images of ``channels`` channels,
+    each split a :class:`DatasetSplit`."""
+
+    train: DatasetSplit
+    val: DatasetSplit
+    test: DatasetSplit
+    image_size: int
+    channels: int
 
 
 # ----------------------------------------------------------------------------- IDX files

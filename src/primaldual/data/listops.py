@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_open
-from .sequences import SequenceSplit, _describe, check_padded_size
+from .sequences import TokenSplit, check_padded_size
 
 DIGITS = tuple(str(d) for d in range(10))
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -57,16 +57,6 @@ _MAX, _MIN, _MED, _SM = range(len(OPERATORS))
 _OPERATOR_P = 0.25  # LRA's VALUE_P: the probability that a node above the depth limit is an operator
 _BATCH = 2048  # trees per sampling batch; fixed, so the first k of n expressions do not depend on n
 _CACHE_VERSION = 1
-
-
-@dataclass
-class TokenSplit(SequenceSplit):
-    """A :class:`SequenceSplit` of token sequences: x ``(n, length)`` int64 token ids, 0 at padding;
-    mask ``(n, length)`` bool, True at padding; y ``(n,)`` int64 labels."""
-
-    def _check_x(self) -> None:
-        if not isinstance(self.x, Tensor) or self.x.dtype != torch.int64 or self.x.dim() != 2:
-            raise ValueError(f"x must be an int64 tensor (n, length) of token ids, got {_describe(self.x)}")
 
 
 @dataclass

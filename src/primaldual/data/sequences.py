@@ -1,4 +1,12 @@
-"""Containers for padded sequence-classification data: tensors + key padding masks, batch first."""
+"""Containers for padded sequence-classification data: tensors + key padding masks, batch first.
+
+==============  =====================================================  ==============================
+container       x                                                      its set
+==============  =====================================================  ==============================
+SequenceSplit   ``(n, length, channels)`` float (a UEA time series)    :class:`SequenceData`
+TokenSplit      ``(n, length)`` token ids, any integer dtype           :class:`TokenData` (vocab_size)
+==============  =====================================================  ==============================
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
+
+from .splits import ClassificationData
 
 
 #: Most values a padded split may hold (2**31: 8 GiB of float32): a file of a few short series and one
@@ -90,11 +100,22 @@ class JitteredSequences(TensorDataset):
 
 
 @dataclass
-class SequenceData:
-    """A named sequence-classification set: ``classes[c]`` is the label string of class index ``c``."""
+class TokenSplit(SequenceSplit):
+    """A :class:`SequenceSplit` of token sequences: x ``(n, length)`` token ids in any integer dtype (the narrowest
+    that holds the vocabulary saves memory; the model converts each batch), 0 at padding; mask ``(n, length)`` bool,
+    True at padding; y ``(n,)`` int64 labels."""
 
-    name: str
-    classes: list[str]
+    def _check_x(self) -> None:
+        if not isinstance(self.x, Tensor) or self.x.dim() != 2 or self.x.is_floating_point() or self.x.is_complex() \
+                or self.x.dtype == torch.bool:
+            raise ValueError(f"x must be an integer tensor (n, length) of token ids, got {_describe(self.x)}")
+
+
+@dataclass
+class SequenceData(ClassificationData):
+    """A named sequence-classification set whose splits (:class:`SequenceSplit` or :class:`TokenSplit`) share one
+    padded length (and channels)."""
+
     train: SequenceSplit
     val: SequenceSplit
     test: SequenceSplit
@@ -105,16 +126,25 @@ class SequenceData:
             raise ValueError(f"train, val and test must share (length, channels), got {shapes}")
 
     @property
-    def num_channels(self) -> int:
-        return self.train.x.shape[2]
+    def num_channels(self) -> int | None:
+        """Channels of each step; None for token ids."""
+        return self.train.x.shape[2] if self.train.x.dim() == 3 else None
 
     @property
     def max_length(self) -> int:
         return self.train.x.shape[1]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+
+@dataclass
+class TokenData(SequenceData):
+    """A token-sequence classification set: ids in ``[0, vocab_size)``, all splits padded to one length."""
+
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
 
 
 def _describe(t: object) -> str:

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .sequences import SequenceData, SequenceSplit, check_padded_size
+from .splits import stratified_split
 
 __all__ = ["BUNDLED", "STD_FLOOR", "SequenceData", "SequenceSplit", "load_uea", "read_ts"]
 
@@ -136,7 +137,7 @@ def load_uea(
         raise ValueError(f"{test_path}: labels {unseen} do not occur in the training file {train_path}")
     y_test = np.searchsorted(classes, test_labels)
 
-    fit_idx, val_idx = _stratified_split(y_train, val_fraction, seed, train_path)
+    fit_idx, val_idx = stratified_split(y_train, val_fraction, seed, source=train_path)
     length = max(s.shape[1] for s in (*train_series, *test_series))
     check_padded_size(len(train_series) + len(test_series), length, channels, source=f"{train_path}, {test_path}")
     fit, val, test = (
@@ -191,24 +192,6 @@ def _bundled_folder(name: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(spec.submodule_search_locations[0], *sub, name)
-
-
-def _stratified_split(y: np.ndarray, val_fraction: float, seed: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted indices (fit, val) of a class-stratified split of ``y``; val is empty for ``val_fraction=0``."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    if val_fraction == 0:
-        return idx, idx[:0]
-    try:
-        fit, val = train_test_split(idx, test_size=val_fraction, stratify=y, random_state=seed)
-    except ValueError as e:
-        counts = {int(c): int(k) for c, k in zip(*np.unique(y, return_counts=True))}
-        raise ValueError(
-            f"val_fraction={val_fraction}: cannot carve a stratified validation split from {path} "
-            f"({len(y)} series, class sizes {counts}): {e}"
-        ) from e
-    return np.sort(fit), np.sort(val)
 
 
 def _pad(series: Sequence[np.ndarray], y: np.ndarray, length: int, channels: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -30,17 +30,21 @@ size once.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
-from ..data.images import ImageSplit, image_folder, load_cifar10_binary, load_fashion_mnist, pixel_sequence
+from ..data.images import (
+    DatasetSplit, ImageDatasets, ImageSplit, TransformedImages, image_folder, load_cifar10_binary, load_fashion_mnist,
+    pixel_sequence,
+)
 from ..data.listops import load_listops, load_listops_tsv
-from ..data.sequences import SequenceData, SequenceSplit, _describe
+from ..data.sequences import SequenceData, SequenceSplit, TokenData, TokenSplit
+from ..data.splits import stratified_split
 from ..data.uea import load_uea
 from ..models import SequenceClassifier
 from ..models.vit import PRESETS, vision_transformer
@@ -54,81 +58,7 @@ DATA_OPTIONS = ("task", "dataset", "root", "val_fraction", "normalize", "jitter"
                 "num_train", "num_val", "num_test", "min_length", "max_length", "seed", "model")
 
 
-@dataclass
-class CompactTokenSplit(SequenceSplit):
-    """One split of token sequences: x ``(n, length)`` token ids in any integer dtype, mask ``(n, length)`` bool
-    (True at padding), y ``(n,)`` int64. (:class:`primaldual.data.listops.TokenSplit` requires int64 ids.)"""
-
-    def _check_x(self) -> None:
-        if not isinstance(self.x, Tensor) or self.x.dim() != 2 or self.x.is_floating_point() or self.x.is_complex() \
-                or self.x.dtype == torch.bool:
-            raise ValueError(f"x must be an integer tensor (n, length) of token ids, got {_describe(self.x)}")
-
-
-@dataclass
-class TokenTaskData:
-    """A token-sequence classification set: ids in ``[0, vocab_size)``, all splits padded to one length."""
-
-    name: str
-    classes: tuple[str, ...]
-    vocab_size: int
-    train: CompactTokenSplit
-    val: CompactTokenSplit
-    test: CompactTokenSplit
-
-    @property
-    def max_length(self) -> int:
-        return self.train.x.shape[1]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-@dataclass
-class DatasetSplit:
-    """One split as a torch ``Dataset`` of ``(image (C, H, W) float, label)`` items, transformed on access."""
-
-    dataset: Dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def to_dataset(self) -> Dataset:
-        return self.dataset
-
-
-@dataclass
-class ImageTaskData:
-    """An image classification set: square ``image_size`` images of ``channels`` channels."""
-
-    name: str
-    classes: tuple[str, ...]
-    train: DatasetSplit
-    val: DatasetSplit
-    test: DatasetSplit
-    image_size: int
-    channels: int
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-TaskData = SequenceData | TokenTaskData | ImageTaskData
-
-
-class TransformedImages(Dataset):
-    """Item ``i``: ``(transform(images[i] as (1, H, W) uint8), labels[i])``."""
-
-    def __init__(self, split: ImageSplit, transform: nn.Module) -> None:
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        return self.transform(self.split.images[i][None]), self.split.labels[i]
+TaskData = SequenceData | TokenData | ImageDatasets
 
 
 def load_data(config: TrainConfig) -> TaskData:
@@ -175,7 +105,7 @@ def model_inputs(split: SequenceSplit | DatasetSplit, samples: int) -> tuple[Ten
 # ----------------------------------------------------------------------------- images
 
 
-def _fashion_mnist(config: TrainConfig) -> ImageTaskData:
+def _fashion_mnist(config: TrainConfig) -> ImageDatasets:
     from torchvision.transforms import v2
 
     data = load_fashion_mnist(config.root)
@@ -186,14 +116,14 @@ def _fashion_mnist(config: TrainConfig) -> ImageTaskData:
         scale.append(v2.Normalize([pixels.mean().item()], [pixels.std().item()]))
     augment = [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if config.augment else []
     train, evaluate = v2.Compose([*augment, *scale]), v2.Compose(scale)
-    return ImageTaskData(
+    return ImageDatasets(
         data.name, data.classes, DatasetSplit(TransformedImages(fit, train)),
         DatasetSplit(TransformedImages(val, evaluate)), DatasetSplit(TransformedImages(data.test, evaluate)),
         image_size=28, channels=1,
     )
 
 
-def _image_folder(config: TrainConfig) -> ImageTaskData:
+def _image_folder(config: TrainConfig) -> ImageDatasets:
     root, size = Path(config.root), PRESETS[config.model]["img_size"]
     for folder in (root / "train", root / "val"):
         if not folder.is_dir():
@@ -206,7 +136,7 @@ def _image_folder(config: TrainConfig) -> ImageTaskData:
         raise ValueError(f"{root}/val has classes {test_images.classes}, {root}/train {fit_images.classes}: "
                          "they must be the same")
     fit, val = _fit_val_indices(np.asarray(fit_images.targets), config)
-    return ImageTaskData(
+    return ImageDatasets(
         root.name, tuple(fit_images.classes), DatasetSplit(Subset(fit_images, fit.tolist())),
         DatasetSplit(Subset(val_images, val.tolist())), DatasetSplit(test_images), image_size=size, channels=3,
     )
@@ -218,49 +148,35 @@ def _fit_val(split: ImageSplit, config: TrainConfig) -> tuple[ImageSplit, ImageS
 
 
 def _fit_val_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted indices of the fit and validation samples of a training split of ``labels``: a stratified subset of
-    ``max_train_samples`` (all by default), of which a stratified ``val_fraction`` is held out; seeded."""
-    from sklearn.model_selection import train_test_split
-
-    index = np.arange(len(labels))
-    try:
-        if config.max_train_samples is not None and config.max_train_samples < len(index):
-            index, _ = train_test_split(index, train_size=config.max_train_samples, stratify=labels,
-                                        random_state=config.seed)
-        if config.val_fraction == 0:
-            return np.sort(index), index[:0]
-        fit, val = train_test_split(index, test_size=config.val_fraction, stratify=labels[index],
-                                    random_state=config.seed)
-    except ValueError as e:  # a class too small to be stratified
-        raise ValueError(f"cannot split {len(labels)} training samples by class with max_train_samples="
-                         f"{config.max_train_samples}, val_fraction={config.val_fraction}: {e}") from None
-    return np.sort(fit), np.sort(val)
+    """:func:`~primaldual.data.splits.stratified_split` of a training split with the config's options."""
+    return stratified_split(labels, config.val_fraction, config.seed, max_samples=config.max_train_samples,
+                            source=f"the training split of {config.dataset}")
 
 
 # ----------------------------------------------------------------------------- token sequences
 
 
-def _pixels(config: TrainConfig) -> TokenTaskData:
+def _pixels(config: TrainConfig) -> TokenData:
     """Grey levels as tokens (vocabulary 256): CIFAR-10's 1024 per image (LRA's Image task) or Fashion-MNIST's 784."""
     data = load_cifar10_binary(config.root) if config.dataset == "cifar10" else load_fashion_mnist(config.root)
 
-    def tokens(split: ImageSplit) -> CompactTokenSplit:
+    def tokens(split: ImageSplit) -> TokenSplit:
         ids = _narrow(pixel_sequence(split.images), 256)
-        return CompactTokenSplit(ids, torch.zeros(ids.shape, dtype=torch.bool), split.labels)
+        return TokenSplit(ids, torch.zeros(ids.shape, dtype=torch.bool), split.labels)
 
     fit, val = _fit_val(data.train, config)
-    return TokenTaskData(data.name, data.classes, 256, tokens(fit), tokens(val), tokens(data.test))
+    return TokenData(data.name, data.classes, tokens(fit), tokens(val), tokens(data.test), vocab_size=256)
 
 
-def _listops(config: TrainConfig) -> TokenTaskData:
+def _listops(config: TrainConfig) -> TokenData:
     if config.dataset == "listops-tsv":
         data = load_listops_tsv(config.root)
     else:
         data = load_listops(LISTOPS_ROOT if config.root is None else config.root, num_train=config.num_train,
                             num_val=config.num_val, num_test=config.num_test, seed=LISTOPS_SEED,
                             min_length=config.min_length, max_length=config.max_length)
-    splits = [CompactTokenSplit(_narrow(s.x, len(data.vocab)), s.mask, s.y) for s in (data.train, data.val, data.test)]
-    return TokenTaskData(config.dataset, data.classes, len(data.vocab), *splits)
+    splits = [TokenSplit(_narrow(s.x, len(data.vocab)), s.mask, s.y) for s in (data.train, data.val, data.test)]
+    return TokenData(config.dataset, data.classes, *splits, vocab_size=len(data.vocab))
 
 
 def _narrow(ids: Tensor, vocab_size: int) -> Tensor:
