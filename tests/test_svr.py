@@ -10,7 +10,10 @@ import pytest
 import torch
 from sklearn.svm import SVR
 
-from primaldual.functional import reference
+from primaldual.analysis.framework import (
+    CHECKED, FACTORS, PENALTIES, check_problem, plain_kernel, plain_problem, sklearn_fit,
+)
+from primaldual.functional import pool_keys, reference
 from primaldual.svr import SVRAttention, random_features
 
 N, M, D = 40, 25, 4
@@ -23,16 +26,6 @@ def data(scale: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
     queries = scale * torch.randn(M, D, generator=g, dtype=torch.float64)
     targets = torch.stack([torch.sin(keys.sum(1)), keys[:, 0] * keys[:, 1]], 1)
     return keys, queries, targets
-
-
-def plain_kernel(x: np.ndarray, keys: np.ndarray, kernel: str) -> np.ndarray:
-    """``K(x_i, k_j) = Φ(x_i)ᵀΦ(k_j) / (h(x_i) h(k_j))`` written out with numpy, independently of the module."""
-    if kernel == "softmax":
-        pair = lambda a, b: np.exp(a @ b.T / math.sqrt(a.shape[1]))  # noqa: E731
-    else:
-        phi = lambda a: np.where(a > 0, a + 1, np.exp(a))  # elu(a) + 1  # noqa: E731
-        pair = lambda a, b: phi(a) @ phi(b).T  # noqa: E731
-    return pair(x, keys) / (pair(x, keys).sum(1)[:, None] * pair(keys, keys).sum(1)[None, :])
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "linear"])
@@ -124,6 +117,13 @@ def test_accepts_numpy_and_float32() -> None:
         (dict(C="1"), TypeError, "C must be a finite"),
         (dict(epsilon=-0.1), ValueError, "epsilon must be >= 0"),
         (dict(epsilon=float("inf")), TypeError, "epsilon must be a finite"),
+        (dict(normalization="ln"), ValueError, "normalization must be None or 'bn'"),
+        (dict(downsample=0), ValueError, "downsample must be >= 1"),
+        (dict(downsample=2.0), TypeError, "downsample must be an integer"),
+        (dict(num_prefix_tokens=-1), ValueError, "num_prefix_tokens must be >= 0"),
+        (dict(eps=0.0), ValueError, "eps must be > 0"),
+        (dict(tol=-1.0), ValueError, "tol must be > 0"),
+        (dict(mean_weight=float("nan")), TypeError, "mean_weight must be a finite"),
     ],
 )
 def test_bad_hyperparameters(kwargs: dict, error: type, match: str) -> None:
@@ -172,3 +172,160 @@ def test_fit_without_scikit_learn_says_how_to_install(monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "sklearn.svm", None)  # makes ``from sklearn.svm import SVR`` fail
     with pytest.raises(ImportError, match=r"pip install primaldual\[svr\]"):
         SVRAttention().fit(keys, targets)
+
+
+# Attention-BN and Attention-SH as SVRs (SPEC §3). scikit-learn is fitted on the Gram matrices of the plain
+# formulas (analysis.framework.plain_problem: functional.reference's pooling and statistics, numpy kernels);
+# SVRAttention fits its own and predicts through the fused layer. Both stop libsvm at KKT violation TOL; two
+# stopped solutions of one problem give predictions within a few TOL of each other (measured <= 3.5 TOL over
+# the expansion grid of results/framework), so 1e-6 of the targets' scale leaves a margin of about 300.
+TOL = 1e-9
+LAYER_CASES = [
+    (name, factor)
+    for name, (_, _, pooled) in CHECKED.items()
+    if name not in ("softmax", "linear")
+    for factor in (FACTORS if pooled else (1,))
+]
+
+
+def model_for(name: str, C: float = 1e3, epsilon: float = 0.1, factor: int = 1, **kwargs) -> SVRAttention:
+    """The SVR of variant ``name`` (a key of CHECKED); ``factor`` is its SH factor, ignored without SH."""
+    kernel, normalization, pooled = CHECKED[name]
+    return SVRAttention(kernel, C, epsilon, normalization=normalization, downsample=factor if pooled else 1, tol=TOL,
+                        **kwargs)
+
+
+def problem(padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """keys, targets, queries, mask of check_problem: junk under the padding when padded."""
+    p = check_problem()
+    if padded:
+        return p["padded_keys"], p["padded_targets"], p["queries"], p["mask"]
+    return p["keys"], p["targets"], p["queries"], None
+
+
+def assert_expansion_is_sklearn(model: SVRAttention, keys, targets, queries, mask) -> None:
+    """predict == sklearn's predictions, dual coefficients and intercepts; the layer's values pool to v_j."""
+    prediction = model.fit(keys, targets, mask).predict(queries)
+    gram, test, train_targets, h = plain_problem(model, keys, targets, queries, mask)
+    scale = max(1.0, np.abs(train_targets).max())
+    for d, svr in enumerate(sklearn_fit(model, gram, train_targets)):
+        np.testing.assert_allclose(prediction[:, d].numpy(), svr.predict(test), rtol=0, atol=1e-6 * scale)
+        dual = np.zeros(len(gram))
+        dual[svr.support_] = svr.dual_coef_[0]
+        np.testing.assert_allclose(model.dual_coef_[:, d].numpy(), dual, rtol=0, atol=1e-6 * model.C)
+        assert model.bias_[d].item() == pytest.approx(svr.intercept_[0], abs=1e-6 * scale)
+    np.testing.assert_allclose(model.values_.numpy(), model.dual_coef_.numpy() / h[:, None], rtol=1e-10)
+    # what the layer uses: keys and sequence values pooled by the layer's own pooling are (keys_, values_)
+    layer_mask = None if mask is None else mask[None]
+    r = min(model.downsample, keys.shape[0] - model.num_prefix_tokens)
+    pk, pv, pmask = pool_keys(keys[None, None], model.sequence_values_[None, None], layer_mask, r,
+                              num_prefix_tokens=model.num_prefix_tokens)
+    valid = slice(None) if pmask is None else ~pmask[0]
+    torch.testing.assert_close(pk[0, 0][valid], model.keys_, rtol=0, atol=0)
+    torch.testing.assert_close(pv[0, 0][valid], model.values_, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
+@pytest.mark.parametrize("C, epsilon", PENALTIES)
+@pytest.mark.parametrize("name, factor", LAYER_CASES)
+def test_layer_is_support_vector_expansion(name: str, factor: int, C: float, epsilon: float, padded: bool) -> None:
+    model = model_for(name, C, epsilon, factor)
+    unpooled = {"sh": "softmax", "bn+sh": "bn", "linear-sh": "linear", "linear-bn+sh": "linear-bn"}
+    assert model.variant == (name if factor > 1 else unpooled.get(name, name))  # factor 1 pools nothing
+    assert_expansion_is_sklearn(model, *problem(padded))
+
+
+@pytest.mark.parametrize("factor", [2, 3, 8])
+@pytest.mark.parametrize("name", ["sh", "bn+sh", "linear-bn+sh"])
+def test_prefix_tokens_stay_unpooled(name: str, factor: int) -> None:
+    keys, targets, queries, mask = problem(padded=True)
+    mask = mask.clone()
+    mask[1] = True  # a padded prefix token is left out too
+    model = model_for(name, factor=factor, num_prefix_tokens=3)
+    assert_expansion_is_sklearn(model, keys, targets, queries, mask)
+    valid_windows = sum(bool(w.any()) for w in (~mask[3:]).split(factor))
+    assert model.keys_.shape[0] == 2 + valid_windows
+    torch.testing.assert_close(model.keys_[:2], keys[[0, 2]], rtol=0, atol=0)
+
+
+def test_training_set_sizes_and_large_factors() -> None:
+    keys, targets, queries, mask = problem(padded=True)
+    sizes = {r: model_for("sh", factor=r).fit(keys, targets, mask).keys_.shape[0] for r in (1, 2, 3, 8, 40, 100)}
+    # 31 valid keys (6, 7 and 33..39 padded): r=2 drops the window (6, 7) and the all-padded windows 34..39;
+    # r=8's last window [32, 40) holds one valid key; r >= 40 pools everything into one window
+    assert sizes == {1: 31, 2: 16, 3: 11, 8: 5, 40: 1, 100: 1}
+    far, whole = model_for("bn+sh", factor=100).fit(keys, targets, mask), model_for("bn+sh", factor=40)
+    torch.testing.assert_close(far.predict(queries), whole.fit(keys, targets, mask).predict(queries), rtol=0, atol=0)
+    plain, factor_one = SVRAttention("softmax", 1e3, 0.1, tol=TOL), model_for("sh", factor=1)
+    torch.testing.assert_close(plain.fit(keys, targets, mask).predict(queries),
+                               factor_one.fit(keys, targets, mask).predict(queries), rtol=0, atol=0)
+
+
+def test_pooling_and_bn_change_the_fit() -> None:
+    """The variants are different SVRs: a check that passes for one but not another would notice."""
+    keys, targets, queries, _ = problem(padded=False)
+    predictions = {name: model_for(name, factor=3).fit(keys, targets).predict(queries) for name in CHECKED}
+    pairs = [("softmax", "bn"), ("softmax", "sh"), ("bn", "bn+sh"), ("linear", "linear-bn"), ("linear", "linear-sh")]
+    for a, b in pairs:
+        assert (predictions[a] - predictions[b]).abs().max() > 1e-3, (a, b)
+
+
+@pytest.mark.parametrize("name", ["bn", "bn+sh", "linear-bn"])
+def test_bn_svr_ignores_affine_changes_of_the_inputs(name: str) -> None:
+    """x̂ is invariant to x -> a ⊙ x + c (a > 0) when keys and queries change alike (eps → 0, β = 1)."""
+    keys, targets, queries, mask = problem(padded=True)
+    a = torch.tensor([3.0, 0.5, 7.0, 1.5], dtype=torch.float64)
+    c = torch.tensor([10.0, -4.0, 0.0, 2.0], dtype=torch.float64)
+    model = model_for(name, factor=2, eps=1e-12)
+    moved = model_for(name, factor=2, eps=1e-12).fit(keys * a + c, targets, mask).predict(queries * a + c)
+    torch.testing.assert_close(model.fit(keys, targets, mask).predict(queries), moved, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear-bn", "linear-sh", "linear-bn+sh"])
+def test_linear_variants_primal_equals_dual(name: str) -> None:
+    keys, targets, queries, mask = problem(padded=True)
+    model = model_for(name, factor=3).fit(keys, targets, mask)
+    torch.testing.assert_close(model.primal_predict(queries), model.predict(queries), rtol=0, atol=1e-10)
+
+
+def test_bn_sh_random_feature_primal_error_shrinks() -> None:
+    """Random features of exp(x̂ᵀŷ/√D) on BN-normalised inputs (|x̂| up to 4.6 here): the estimator's variance grows
+    like exp(|x̂|²), so the error falls slowly (measured 0.87, 0.43, 0.21 mean abs error for 16, 4096, 65536)."""
+    keys, targets, queries, mask = problem(padded=True)
+    model = model_for("bn+sh", factor=2).fit(keys, targets, mask)
+    exact = model.predict(queries)
+    errors = [np.mean([(model.primal_predict(queries, m, s) - exact).abs().mean().item() for s in range(3)])
+              for m in (16, 4096, 65536)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < errors[0] / 3
+
+
+def test_bad_padding_masks() -> None:
+    keys, targets, _, _ = problem(padded=False)
+    with pytest.raises(TypeError, match="key_padding_mask must be bool"):
+        SVRAttention().fit(keys, targets, torch.zeros(N))
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(40,\)"):
+        SVRAttention().fit(keys, targets, torch.zeros(1, N, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one key valid"):
+        SVRAttention().fit(keys, targets, torch.ones(N, dtype=torch.bool))
+
+
+def test_r_sweep_rows() -> None:
+    from primaldual.analysis.framework import r_sweep
+
+    rows = r_sweep(("sh",), (1, 4, 500), series=1)
+    assert [(r["r"], r["n"]) for r in rows] == [(1, 214), (4, 54), (500, 1)]
+    assert rows[0]["vs_full_fit"] == 0 and rows[1]["vs_full_fit"] > 0
+    assert [r["flops_ratio"] for r in rows] == [1.0, 54 / 214, 1 / 214]
+    assert rows[0]["test_rmse"] < rows[1]["test_rmse"] < rows[2]["test_rmse"] < 1.1  # targets have std 1
+
+
+def test_from_attention_options() -> None:
+    from primaldual.functional import AttentionOptions
+
+    model = SVRAttention.from_options(AttentionOptions("bn+sh", scales=(3,), eps=1e-4, num_prefix_tokens=2), 10.0, 0.2)
+    assert (model.variant, model.downsample, model.eps, model.num_prefix_tokens, model.C) == ("bn+sh", 3, 1e-4, 2, 10.0)
+    assert SVRAttention.from_options(AttentionOptions("linear-bn")).variant == "linear-bn"
+    with pytest.raises(ValueError, match="one factor"):
+        SVRAttention.from_options(AttentionOptions("sh", scales=(1, 2)))
+    with pytest.raises(ValueError, match="non-sparse"):
+        SVRAttention.from_options(AttentionOptions("sparse", window=2))
