@@ -1,8 +1,10 @@
 """Checkpoints and run files: atomic checkpoint I/O (atomic writes themselves: tests/test_files.py), loading
-without code, clear errors for damaged files and other configurations, and training runs killed with SIGKILL then resumed to the uninterrupted result.
+without code, clear errors for damaged files and other configurations, and training runs killed with SIGKILL
+then resumed to the uninterrupted result.
 
 The kill test kills ``PRIMALDUAL_KILLS`` command-line runs (default 3) at seeded random points and resumes each
-in this process; ``PRIMALDUAL_KILLS=20 pytest tests/test_kill_resume.py -k killed`` tries more (about 8 s each).
+in this process; ``PRIMALDUAL_KILLS=20 pytest tests/training/test_checkpoints.py -k killed`` tries more (about
+8 s each).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from primaldual.cli import main
 from primaldual.training import TrainConfig, build_model, load_data, train
 from primaldual.training.checkpoints import AtomicCheckpointIO, check_state_dict, load_checkpoint, load_weights
 
-SRC = Path(__file__).parents[1] / "src" / "primaldual"
+SRC = Path(__file__).parents[2] / "src" / "primaldual"
 KILLS = int(os.environ.get("PRIMALDUAL_KILLS", "3"))
 EPOCHS = 6
 OPTIONS = dict(dataset="BasicMotions", d_model=16, depth=1, num_heads=2, patch_size=10, epochs=EPOCHS, batch_size=8,
