@@ -90,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=argparse.SUPPRESS,
         description="Train each --attention variant with each seed into OUTPUT/<variant>/seed<k>/ and write "
                     "OUTPUT/summary.csv and OUTPUT/summary.md (mean ± std test accuracy over seeds). Run again, "
-                    "it reuses finished runs with the same options and continues interrupted ones, so "
-                    "comparisons over other seeds may run at once into the same OUTPUT and one last call over "
-                    "all seeds summarises them.",
+                    "it reuses finished runs with the same options and continues interrupted ones. Several "
+                    "comparisons may run at once into the same OUTPUT, over the same seeds or others: each run is "
+                    "trained by one process (the others pass over it, then wait for it and reuse its result).",
     )
     _add_config_options(compare, skip=("attention", "seed", "output"))
     compare.add_argument("--attention", nargs="+", choices=variants, metavar="VARIANT",
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", help="output folder of all runs and the summary (default: runs/compare)")
     compare.add_argument("--no-report", dest="report", action="store_false",
                          help="skip the report (OUTPUT/report/report.md) written after the runs")
+    compare.add_argument("--verbose", action="store_true",
+                         help="show Lightning's progress bars, model summaries and messages of every run instead of "
+                              "one line per run and one progress bar over all runs")
     report = commands.add_parser(
         "report", help="turn finished runs into a Markdown + JSON report with figures",
         description="Read train or compare output folders and write report.md (accuracy, head redundancy and "
@@ -150,10 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             seeds = options.pop("seeds", [0, 1, 2])
             output = options.pop("output", "runs/compare")
             write_report = options.pop("report", True)
+            verbose = options.pop("verbose", False)
             config = dataclasses.replace(base, **options)
             from .training import compare
 
-            compare(config, variants, seeds, output)
+            compare(config, variants, seeds, output, verbose=verbose)
             if write_report and rank_zero_only.rank == 0:
                 from .analysis import report
 

@@ -293,3 +293,34 @@ def test_ddp_two_processes_on_cpu_agree(tmp_path: Path, grouping: list[str]) -> 
     assert metrics["val_accuracy"] == pytest.approx(saved_model_accuracy(out, "val"), abs=1e-6)
     assert metrics["test_accuracy"] == pytest.approx(saved_model_accuracy(out), abs=1e-6)
     assert result.stdout.count('"test_accuracy"') == 1  # printed by rank 0 only
+
+
+# ---- processes at once -----------------------------------------------------------------------------------
+
+
+def test_three_compares_at_once_into_one_folder_train_each_run_once(tmp_path: Path) -> None:
+    """Three ``primaldual compare`` processes started at once on the same output, variants and seeds: all exit 0,
+    every run folder is complete, and each run was trained by exactly one process (one Lightning log version per
+    run, one "start" line over all three outputs); the others reused its result, so all summaries agree."""
+    out = tmp_path / "cmp"
+    command = [sys.executable, "-m", "primaldual.cli", "compare", "--dataset", "BasicMotions", "--d-model", "8",
+               "--depth", "1", "--num-heads", "2", "--epochs", "2", "--batch-size", "16", "--patch-size", "20",
+               "--warmup-epochs", "0", "--threads", "1", "--no-report", "--attention", "softmax", "bn",
+               "--seeds", "0", "1", "--output", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(3)]
+    results = [process.communicate(timeout=300) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in results]
+    stdout = "".join(out_text for out_text, _ in results)
+    runs = [(variant, seed) for variant in ("softmax", "bn") for seed in (0, 1)]
+    for variant, seed in runs:
+        run = out / variant / f"seed{seed}"
+        assert all((run / name).is_file() for name in OUTPUTS), run
+        assert [p.name for p in (run / "lightning_logs").iterdir()] == ["version_0"]  # one training invocation
+        assert stdout.count(f"start {variant} seed {seed} ->") == 1
+        assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert stdout.count("finished already: reusing") == 2 * len(runs)
+    assert not list(out.rglob("*.tmp"))
+    tables = {text[text.index("BasicMotions: test accuracy"):] for text, _ in results}
+    assert len(tables) == 1  # the same summary in every process

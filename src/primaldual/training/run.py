@@ -25,10 +25,13 @@ process measures its own and rank 0's is written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import statistics
+import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from itertools import product
 from pathlib import Path
@@ -45,39 +48,60 @@ from torch.utils.data import DataLoader
 
 from .. import tables
 from ..data.batching import LengthGroupedSampler, trim_padding
-from ..files import atomic_write
+from ..files import atomic_write, folder_lock
 from .checkpoints import (
     PLACEMENT_OPTIONS, AtomicCheckpointIO, ConfigInCheckpoint, changed_options, check_resume, load_checkpoint,
 )
 from .config import TrainConfig
 from .memory import peak_memory, reset_peak_memory
 from .module import Classifier, RngState
+from .progress import RunProgress
 from .tasks import build_model, load_data  # the task-specific parts; train and compare serve every task
 
-# Lightning's hints that do not apply here: tiny in-memory datasets need no worker processes; a resumed run
-# writes into its own checkpoint folder; with val_fraction=0 there is, by design, no validation loop
-for _message in (".*does not have many workers.*", ".*The number of training batches.*log_every_n_steps.*",
-                 "Checkpoint directory .* exists and is not empty.*", ".*no `val_dataloader`. Skipping val loop.*"):
-    warnings.filterwarnings("ignore", _message)
+#: Lightning's hints that do not apply here, silenced while training: tiny in-memory datasets need no worker
+#: processes; a resumed run writes into its own checkpoint folder; with val_fraction=0 there is, by design, no
+#: validation loop; Lightning's own use of a torch API that torch deprecates is not the user's to fix.
+IGNORED_WARNINGS = (".*does not have many workers.*", ".*The number of training batches.*log_every_n_steps.*",
+                    "Checkpoint directory .* exists and is not empty.*", ".*no `val_dataloader`. Skipping val loop.*",
+                    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
-def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Callback] = (), verbose: bool = True
+) -> dict[str, Any]:
     """Train, select the best epoch, test it once, write the output folder; return the contents of metrics.json.
 
     ``resume``: continue the run in ``config.output`` from ``checkpoints/last.ckpt`` (weights, optimiser,
     schedule, epoch counter, random state); ``config.epochs`` may be raised to train longer, and only the
     options in :data:`~.checkpoints.RESUME_OPTIONS` may differ from the checkpoint's (a ValueError names the
     others, or the weights that do not fit). Without it the output folder must not hold a run yet.
-    ``callbacks``: extra Lightning callbacks.
+    ``callbacks``: extra Lightning callbacks. ``verbose``: Lightning's progress bars, model summary, test table
+    and messages (False: its warnings only).
+    The run holds :func:`~primaldual.files.folder_lock` on ``config.output`` while it trains: another process
+    training into the same folder waits for it (and then finds a run there).
     Sets ``torch.set_flush_denormal(True)`` for the rest of the process (torch has no getter to restore it).
-    Under DDP every process returns the metrics; only rank 0 writes files.
+    Under DDP every process returns the metrics; only rank 0 writes files (and holds the lock).
     """
     output = Path(config.output)
+    _check_output(output, resume)
+    lock = folder_lock(output) if rank_zero_only.rank == 0 else nullcontext()
+    with lock, _lightning_output(verbose):
+        _check_output(output, resume)  # again: another process may have trained here while this one waited
+        return _train(config, resume, callbacks, verbose)
+
+
+def _check_output(output: Path, resume: bool) -> None:
     last = output / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise FileNotFoundError(f"cannot resume: {last} does not exist (train into {output} first)")
     if not resume and last.exists():
         raise FileExistsError(f"{output} already holds a run ({last}): resume it, or choose another output folder")
+
+
+def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], verbose: bool) -> dict[str, Any]:
+    """:func:`train` once its output folder is checked and locked."""
+    output = Path(config.output)
+    last = output / "checkpoints" / "last.ckpt"
     if config.threads:
         torch.set_num_threads(config.threads)
     # x86 CPUs compute on denormal floats many times slower; trained bn+sh models produce them (a training step of
@@ -91,55 +115,26 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
                         warmup_epochs=config.warmup_epochs)
     if resume:  # before anything is written: a refused resume leaves the run as it was
         check_resume(load_checkpoint(last), last, config, module)
-
-    def loader(split: str) -> DataLoader:
-        """Training batches are sharded by Lightning (its DistributedSampler under DDP); validation and test
-        shards repeat no sample, so that their accuracy is that of the split, exactly."""
-        dataset = getattr(data, split).to_dataset()
-        if config.bucket_by_length:  # shards by itself under DDP (Lightning's distributed sampler is off)
-            sampler = LengthGroupedSampler(getattr(data, split).lengths, config.batch_size, shuffle=split == "train",
-                                           seed=config.seed, num_replicas=trainer.world_size, rank=trainer.global_rank)
-            return DataLoader(dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding,
-                              num_workers=config.num_workers)
-        if split == "train" or trainer.world_size == 1:
-            return DataLoader(dataset, config.batch_size, shuffle=split == "train", num_workers=config.num_workers)
-        sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
-        return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.num_workers)
-
     has_val = len(data.val) > 0
-    monitor, mode = ("val_acc", "max") if has_val else ("train_loss", "min")
-    # saved at the end of the training epoch, after EpochLog has its row: a checkpoint holds every finished epoch
-    checkpoint = LatestBestCheckpoint(output / "checkpoints", "best", monitor=monitor, mode=mode, save_last=True,
-                                      save_on_train_epoch_end=True)
-    log = EpochLog()
-    timer = Timer()
-    stop = [EarlyStopping(monitor, patience=config.patience, mode=mode)] if config.patience else []
-    trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
-        gradient_clip_val=config.grad_clip or None, deterministic="warn", default_root_dir=output,
-        logger=CSVLogger(output, name="lightning_logs"), log_every_n_steps=1,
-        callbacks=[checkpoint, timer, RngState(), ConfigInCheckpoint(config), log, *stop, *callbacks],
-        plugins=[AtomicCheckpointIO()], use_distributed_sampler=not config.bucket_by_length,
-    )
+    trainer, checkpoint, log, timer = _trainer(config, has_val, callbacks, verbose)
     if trainer.is_global_zero:
         output.mkdir(parents=True, exist_ok=True)
         atomic_write(output / "config.yaml", config.to_yaml().encode())
     reset_peak_memory(trainer.strategy.root_device)
-    trainer.fit(module, loader("train"), loader("val") if has_val else None, ckpt_path=last if resume else None,
-                weights_only=True)
+    trainer.fit(module, _loader(data.train, "train", config, trainer), _loader(data.val, "val", config, trainer)
+                if has_val else None, ckpt_path=last if resume else None, weights_only=True)
     # before test() reloads the callbacks' states from the best checkpoint
     epochs, seconds, rows = trainer.current_epoch, timer.time_elapsed("train"), list(log.rows)
     checksums = trainer.strategy.all_gather(checksum(module.parameters())).reshape(-1).tolist()
-    trainer.test(module, loader("test"), ckpt_path="best", weights_only=True, verbose=trainer.is_global_zero)
+    trainer.test(module, _loader(data.test, "test", config, trainer), ckpt_path="best", weights_only=True,
+                 verbose=verbose and trainer.is_global_zero)
     peak = peak_memory(trainer.strategy.root_device)
-
     best = load_checkpoint(checkpoint.best_model_path)
     metrics: dict[str, Any] = {
         "test_accuracy": trainer.callback_metrics["test_acc"].item(),
         "test_loss": trainer.callback_metrics["test_loss"].item(),
         "val_accuracy": checkpoint.best_model_score.item() if has_val else None,
-        "monitor": monitor,
+        "monitor": checkpoint.monitor,
         "best_epoch": best["epoch"],
         "epochs": epochs,
         "train_seconds": seconds,
@@ -151,11 +146,75 @@ def train(config: TrainConfig, *, resume: bool = False, callbacks: Sequence[Call
     if trainer.world_size > 1:  # DDP keeps replicas identical: record each process's final weights to show it
         metrics["replica_checksums"] = checksums
     if trainer.is_global_zero:
-        weights = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
-        atomic_write(output / "model.safetensors", safetensors_bytes(weights, metadata={"config": config.to_yaml()}))
-        atomic_write(output / "metrics.csv", tables.csv_text(rows).encode())
-        atomic_write(output / "metrics.json", tables.json_text(metrics).encode())
+        _write_run(output, config, best, rows, metrics)
     return metrics
+
+
+def _trainer(
+    config: TrainConfig, has_val: bool, callbacks: Sequence[Callback], verbose: bool
+) -> tuple[L.Trainer, LatestBestCheckpoint, EpochLog, Timer]:
+    """The Lightning Trainer of ``config`` and the callbacks ``train`` reads after fitting."""
+    output = Path(config.output)
+    monitor, mode = ("val_acc", "max") if has_val else ("train_loss", "min")
+    # saved at the end of the training epoch, after EpochLog has its row: a checkpoint holds every finished epoch
+    checkpoint = LatestBestCheckpoint(output / "checkpoints", "best", monitor=monitor, mode=mode, save_last=True,
+                                      save_on_train_epoch_end=True)
+    log, timer = EpochLog(), Timer()
+    stop = [EarlyStopping(monitor, patience=config.patience, mode=mode)] if config.patience else []
+    trainer = L.Trainer(
+        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
+        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
+        gradient_clip_val=config.grad_clip or None, deterministic="warn", default_root_dir=output,
+        logger=CSVLogger(output, name="lightning_logs"), log_every_n_steps=1,
+        callbacks=[checkpoint, timer, RngState(), ConfigInCheckpoint(config), log, *stop, *callbacks],
+        plugins=[AtomicCheckpointIO()], use_distributed_sampler=not config.bucket_by_length,
+        enable_progress_bar=verbose, enable_model_summary=verbose,
+    )
+    return trainer, checkpoint, log, timer
+
+
+def _loader(split: Any, name: str, config: TrainConfig, trainer: L.Trainer) -> DataLoader:
+    """The batches of ``split`` (``name``: train, val or test). Training batches are sharded by Lightning (its
+    DistributedSampler under DDP); validation and test shards repeat no sample, so that their accuracy is that
+    of the split, exactly."""
+    dataset, train = split.to_dataset(), name == "train"
+    if config.bucket_by_length:  # shards by itself under DDP (Lightning's distributed sampler is off)
+        sampler = LengthGroupedSampler(split.lengths, config.batch_size, shuffle=train, seed=config.seed,
+                                       num_replicas=trainer.world_size, rank=trainer.global_rank)
+        return DataLoader(dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding,
+                          num_workers=config.num_workers)
+    if train or trainer.world_size == 1:
+        return DataLoader(dataset, config.batch_size, shuffle=train, num_workers=config.num_workers)
+    sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
+    return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.num_workers)
+
+
+def _write_run(output: Path, config: TrainConfig, best: dict[str, Any], rows: list[dict[str, float]],
+               metrics: dict[str, Any]) -> None:
+    """The run's files besides config.yaml and the checkpoints: the best weights, the epochs, the metrics."""
+    weights = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
+    atomic_write(output / "model.safetensors", safetensors_bytes(weights, metadata={"config": config.to_yaml()}))
+    atomic_write(output / "metrics.csv", tables.csv_text(rows).encode())
+    atomic_write(output / "metrics.json", tables.json_text(metrics).encode())
+
+
+@contextmanager
+def _lightning_output(verbose: bool) -> Iterator[None]:
+    """Within the block: :data:`IGNORED_WARNINGS` silenced; without ``verbose``, Lightning's messages (devices,
+    tips, restored checkpoints) too, its warnings kept."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        for message in IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message)
+        try:
+            if not verbose:
+                for logger in loggers:
+                    logger.setLevel(logging.WARNING)
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 class EpochLog(Callback):
@@ -192,7 +251,7 @@ class LatestBestCheckpoint(ModelCheckpoint):
 
 
 def compare(
-    base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], output: str | Path
+    base: TrainConfig, variants: Sequence[str], seeds: Sequence[int], output: str | Path, *, verbose: bool = False
 ) -> list[dict[str, Any]]:
     """Train every attention variant with every seed into ``output/<variant>/seed<k>/``; summarise.
 
@@ -201,8 +260,12 @@ def compare(
     reused if its options equal these but for :data:`~.checkpoints.PLACEMENT_OPTIONS`, and an interrupted one
     continues from its last checkpoint as ``train(resume=True)`` does; other options give a ValueError naming
     the folder and the options.
-    Comparisons over disjoint seeds or variants may thus run at once into one ``output`` and be summarised
-    together by a last call over all of them.
+    Any number of comparisons may run at once into one ``output``, over the same runs or others: a run is
+    trained by one process at a time (:func:`~primaldual.files.folder_lock`). A single-process comparison passes
+    over runs that another process is training, and comes back to them (waiting, then reusing their result) when
+    it has trained the others.
+    Shows a line per run and one progress bar over all epochs (:class:`~.progress.RunProgress`); ``verbose``:
+    Lightning's own progress bars and messages instead of the bar.
     Writes ``output/summary.csv`` and ``output/summary.md`` (one row per variant: mean ± sample std over seeds of
     test accuracy in %, mean best validation accuracy, parameters, seconds per epoch, peak memory in MB, epochs,
     seeds), prints the Markdown table, and returns the rows.
@@ -216,12 +279,11 @@ def compare(
     configs = [
         replace(base, attention=v, seed=s, output=str(output / v / f"seed{s}")) for v, s in product(variants, seeds)
     ]
+    with RunProgress(configs, bar=not verbose) as progress:
+        found = _run_all(configs, progress, verbose)
     results: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
-    for i, config in enumerate(configs, 1):
-        print(f"[run {i}/{len(configs)}] attention={config.attention} seed={config.seed} -> {config.output}",
-              flush=True)
-        results[config.attention].append(_train_or_reuse(config))
-
+    for config, metrics in zip(configs, found):
+        results[config.attention].append(metrics)
     rows = [summary_row(variant, metrics) for variant, metrics in results.items()]
     if rank_zero_only.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
@@ -233,21 +295,77 @@ def compare(
     return rows
 
 
-def _train_or_reuse(config: TrainConfig) -> dict[str, Any]:
-    """The metrics of ``config``'s run: read from a finished run in its output folder, or trained there (on
-    from the last checkpoint of an interrupted one)."""
+def _run_all(configs: list[TrainConfig], progress: RunProgress, verbose: bool) -> list[dict[str, Any]]:
+    """The metrics of every run of ``configs``, in order: one pass that trains or reuses the runs no other process
+    holds, then one that waits for the others. (Under DDP, whose processes must train the same run in step, and
+    where only the first holds locks, the first pass waits too.)"""
+    found: dict[int, dict[str, Any]] = {}
+    single = all(c.num_nodes == 1 and str(c.devices) == "1" for c in configs)
+    for wait in (False, True) if single else (True,):
+        for i, config in enumerate(configs):
+            if i not in found:
+                metrics = _train_or_reuse(config, f"[run {i + 1}/{len(configs)}]", progress, verbose, wait)
+                if metrics is not None:
+                    found[i] = metrics
+    return [found[i] for i in range(len(configs))]
+
+
+def _train_or_reuse(
+    config: TrainConfig, label: str, progress: RunProgress, verbose: bool, wait: bool
+) -> dict[str, Any] | None:
+    """The metrics of ``config``'s run, under its folder's lock: read from a finished run in its output folder,
+    or trained there (on from the last checkpoint of an interrupted one). None, without ``wait``, when another
+    process holds the run."""
     output = Path(config.output)
-    finished, last = output / "metrics.json", output / "checkpoints" / "last.ckpt"
-    if finished.is_file():
-        changed = changed_options(TrainConfig.from_yaml(output / "config.yaml").to_dict(), config, PLACEMENT_OPTIONS)
-        if changed:
-            raise ValueError(f"{output} holds a finished run with other options ({'; '.join(changed)}): "
-                             "choose another output folder")
-        print(f"  finished already: reusing {finished}", flush=True)
-        return json.loads(finished.read_text())
-    if last.is_file():
-        print(f"  interrupted: continuing from {last}", flush=True)
-    return train(config, resume=last.is_file())
+    name = f"{config.attention} seed {config.seed}"
+    if rank_zero_only.rank != 0:  # DDP: the first process holds the lock for all
+        return _reuse(config) or train(config, resume=(output / "checkpoints" / "last.ckpt").is_file(),
+                                       verbose=verbose)
+    with folder_lock(output, wait=False) as held:
+        if held:
+            return _under_lock(config, label, name, progress, verbose)
+    if not wait:
+        progress.line(f"{label} {name}: another process is training it; coming back to it later")
+        return None
+    progress.line(f"{label} {name}: waiting for the process training it")
+    with folder_lock(output):
+        return _under_lock(config, label, name, progress, verbose)
+
+
+def _under_lock(config: TrainConfig, label: str, name: str, progress: RunProgress, verbose: bool) -> dict[str, Any]:
+    """:func:`_train_or_reuse` once the run's folder is locked by this process."""
+    output = Path(config.output)
+    reused = _reuse(config)
+    if reused is not None:
+        progress.line(f"{label} {name}: {_result(reused)}; finished already: reusing {output / 'metrics.json'}")
+        progress.finished(config)
+        return reused
+    last = output / "checkpoints" / "last.ckpt"
+    resume = last.is_file()
+    progress.line(f"{label} start {name} -> {output}" + (f" (interrupted: continuing from {last})" if resume else ""))
+    started = time.monotonic()
+    metrics = train(config, resume=resume, callbacks=[progress.callback()], verbose=verbose)
+    progress.line(f"{label} done {name}: {_result(metrics)}, {time.monotonic() - started:.0f} s")
+    progress.finished(config)
+    return metrics
+
+
+def _reuse(config: TrainConfig) -> dict[str, Any] | None:
+    """The metrics of a finished run in ``config.output`` with ``config``'s options, None if there is none; a
+    ValueError if a finished run there has other options."""
+    output = Path(config.output)
+    finished = output / "metrics.json"
+    if not finished.is_file():
+        return None
+    changed = changed_options(TrainConfig.from_yaml(output / "config.yaml").to_dict(), config, PLACEMENT_OPTIONS)
+    if changed:
+        raise ValueError(f"{output} holds a finished run with other options ({'; '.join(changed)}): "
+                         "choose another output folder")
+    return json.loads(finished.read_text())
+
+
+def _result(metrics: dict[str, Any]) -> str:
+    return f"test acc {100 * metrics['test_accuracy']:.1f}%"
 
 
 def summary_row(variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
