@@ -438,3 +438,17 @@ def test_report_rejects_folders_that_are_not_runs(tmp_path):
     (tmp_path / "bad" / "config.yaml").write_text(yaml.safe_dump({"attention": "nope"}))
     with pytest.raises(ValueError, match="config.yaml"):
         report([tmp_path / "bad"], tmp_path / "out")
+
+
+def test_head_redundancy_and_efficiency_need_only_the_core_install() -> None:
+    """``primaldual.analysis`` imports matplotlib (figures) and the training extra (report) on first use only."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for name in ('matplotlib', 'lightning', 'yaml', 'safetensors'): sys.modules[name] = None  # not installed\n"
+            "from primaldual.analysis import attention_weights, efficiency, head_redundancy\n"
+            "import primaldual.analysis\n"
+            "assert callable(efficiency) and 'primaldual.training' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
