@@ -17,16 +17,14 @@ from typing import Any
 
 from benchmarks import publish
 from primaldual.analysis.efficiency import SCOPES, efficiency
+from primaldual.functional import PAPER_VARIANTS
 from primaldual.analysis.report import cost_tables
-
-VARIANTS = ("softmax", "bn", "sh", "bn+sh")
-
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096], help="sequence lengths")
-    parser.add_argument("--attention", nargs="+", default=list(VARIANTS), metavar="VARIANT",
-                        help=f"variants (softmax is always measured; default: {' '.join(VARIANTS)})")
+    parser.add_argument("--attention", nargs="+", default=list(PAPER_VARIANTS), metavar="VARIANT",
+                        help=f"variants (softmax is always measured; default: {' '.join(PAPER_VARIANTS)})")
     parser.add_argument("--scopes", nargs="+", default=["layer", "step"], choices=SCOPES,
                         help="core: the kernel; layer: one Attention forward; step: a training step (default: "
                              "layer step)")

@@ -22,11 +22,9 @@ from torch import nn
 from primaldual.analysis.efficiency import interleaved_seconds
 from benchmarks import publish
 from primaldual import tables
+from primaldual.functional import PAPER_VARIANTS
 from primaldual.models import SequenceClassifier
 from primaldual.models.vit import vision_transformer
-
-VARIANTS = ("softmax", "bn", "sh", "bn+sh")
-
 
 def step(model: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> Callable[[], None]:
     """A closure running one AdamW training step of ``model`` on ``inputs``."""
@@ -64,12 +62,12 @@ def benchmark(
     """One row per (task, variant): median seconds per step, samples per second and the ratio to softmax."""
     rows = []
     for task in tasks:
-        calls = {variant: step(*models(task, variant, batch_size, length)) for variant in VARIANTS}
+        calls = {variant: step(*models(task, variant, batch_size, length)) for variant in PAPER_VARIANTS}
         for _ in range(warmup):
             for call in calls.values():
                 call()
         seconds = interleaved_seconds(calls, torch.device("cpu"), repeats)
-        for variant in VARIANTS:
+        for variant in PAPER_VARIANTS:
             rows.append({
                 "task": task, "attention": variant, "batch_size": batch_size,
                 "length": length if task == "timeseries" else 50, "seconds_per_step": seconds[variant],

@@ -16,10 +16,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from .functional import VARIANTS
+from .functional import PAPER_VARIANTS, VARIANTS
 from .training import TrainConfig
-
-DEFAULT_COMPARE = ("softmax", "bn", "sh", "bn+sh")
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -97,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(compare, skip=("attention", "seed", "output"))
     compare.add_argument("--attention", nargs="+", choices=variants, metavar="VARIANT",
                          help=f"variants to compare, from {', '.join(variants)} "
-                              f"(default: {' '.join(DEFAULT_COMPARE)})")
+                              f"(default: {' '.join(PAPER_VARIANTS)})")
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of each variant (default: 0 1 2)")
     compare.add_argument("--output", help="output folder of all runs and the summary (default: runs/compare)")
     compare.add_argument("--no-report", dest="report", action="store_false",
@@ -149,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if rank_zero_only.rank == 0:  # under DDP every process gets here
                 print(json.dumps(metrics, indent=2))
         else:
-            variants = options.pop("attention", list(DEFAULT_COMPARE))
+            variants = options.pop("attention", list(PAPER_VARIANTS))
             seeds = options.pop("seeds", [0, 1, 2])
             output = options.pop("output", "runs/compare")
             write_report = options.pop("report", True)

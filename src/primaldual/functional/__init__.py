@@ -5,6 +5,7 @@ from .kernels import elu_feature_map, linear_kernel, softmax_kernel
 from .options import AttentionOptions
 from .transforms import KeyStatistics, bn_normalize, bn_softmax_inputs, key_statistics, pool_keys
 from .variants import (
+    PAPER_VARIANTS,
     VARIANTS,
     Variant,
     attention,
@@ -23,6 +24,7 @@ from .weights import attention_weights
 
 __all__ = [
     "AttentionOptions",
+    "PAPER_VARIANTS",
     "VARIANTS",
     "Variant",
     "KeyStatistics",

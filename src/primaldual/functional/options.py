@@ -38,6 +38,10 @@ VARIANTS: dict[str, Variant] = {
     "linear-bn+sh": Variant("linear", bn=True, pooled=True),
 }
 
+#: The variants the paper compares, and what ``compare`` and the benchmarks run by default: softmax, Attention-BN,
+#: Attention-SH and both.
+PAPER_VARIANTS = ("softmax", "bn", "sh", "bn+sh")
+
 
 def get_variant(name: str) -> Variant:
     """The :class:`Variant` called ``name``; a ValueError lists the known names otherwise."""

@@ -49,10 +49,10 @@ from torch import Tensor
 
 from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales
 from .kernels import linear_kernel, softmax_kernel
-from .options import VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
+from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
 from .transforms import bn_normalize, bn_softmax_inputs, head_groups, pool_keys
 
-__all__ = ["VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
+__all__ = ["PAPER_VARIANTS", "VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
 
 
 def resolve_options(variant: str | AttentionOptions, options: dict[str, Any]) -> AttentionOptions:
