@@ -85,7 +85,7 @@ def train(
     output = Path(config.output)
     _check_output(output, resume)
     lock = folder_lock(output) if rank_zero_only.rank == 0 else nullcontext()
-    with lock, _lightning_output(verbose):
+    with lock, lightning_output(verbose):
         _check_output(output, resume)  # again: another process may have trained here while this one waited
         return _train(config, resume, callbacks, verbose)
 
@@ -199,13 +199,14 @@ def _write_run(output: Path, config: TrainConfig, best: dict[str, Any], rows: li
 
 
 @contextmanager
-def _lightning_output(verbose: bool) -> Iterator[None]:
-    """Within the block: :data:`IGNORED_WARNINGS` silenced; without ``verbose``, Lightning's messages (devices,
-    tips, restored checkpoints) too, its warnings kept."""
+def lightning_output(verbose: bool, ignore: Sequence[str] = ()) -> Iterator[None]:
+    """Within the block: :data:`IGNORED_WARNINGS` and the warning messages (regular expressions) ``ignore``
+    silenced; without ``verbose``, Lightning's messages (devices, tips, restored checkpoints) too, its other
+    warnings kept."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
-        for message in IGNORED_WARNINGS:
+        for message in (*IGNORED_WARNINGS, *ignore):
             warnings.filterwarnings("ignore", message)
         try:
             if not verbose:
