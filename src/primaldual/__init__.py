@@ -3,12 +3,14 @@
 ``primaldual.functional``  the attention variants as functions on ``(batch, heads, seq, head_dim)`` tensors
 ``primaldual.Attention``   the multi-head layer (batch first, timm-compatible)
 ``primaldual.svr``         the framework made executable: a real ε-SVR evaluated as attention
-``primaldual.convert``     swap the attention of an existing timm ViT for a variant, keeping its weights
+``primaldual.convert``     swap the attention of an existing model (timm ViTs, ``nn.MultiheadAttention``) for a variant,
+                          keeping its weights
+``primaldual.integrations``  the same inside Hugging Face transformers and PyTorch's own modules
 """
 
 from . import functional
 from .layers import Attention
-from .models.vit import convert
+from .integrations import convert
 from .svr import SVRAttention
 
 __all__ = ["Attention", "SVRAttention", "convert", "functional"]

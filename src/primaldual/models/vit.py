@@ -1,5 +1,5 @@
-"""DeiT-style vision transformers on timm whose attention is a primaldual variant, and ``convert`` for
-models a user already has.
+"""DeiT-style vision transformers on timm whose attention is a primaldual variant. ``convert`` (for models a user
+already has) lives in :mod:`primaldual.integrations` and is re-exported here.
 
 SH on image tokens: the sequence is [class/register tokens, patch tokens]; SH pools only the patch tokens
 (in raster order, windows of ``r`` consecutive patches) and keeps the ``num_prefix_tokens`` leading tokens
@@ -14,6 +14,7 @@ from torch import nn
 
 from ..functional.options import FIELDS, AttentionOptions
 from ..functional.variants import resolve_options
+from ..integrations import convert  # noqa: F401  (re-exported: primaldual.models.vit.convert)
 from ..layers import Attention
 
 # name -> timm VisionTransformer keywords. DeiT presets follow Touvron et al. (2021).
@@ -45,31 +46,3 @@ def vision_transformer(
     vit_options = {**PRESETS[preset], **{k: v for k, v in options.items() if k not in FIELDS}}
     layer = Attention.configure(options=resolve_options(variant, attention_options))
     return VisionTransformer(num_classes=num_classes, attn_layer=layer, **vit_options)
-
-
-def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -> nn.Module:
-    """Replace, in place, every ``timm.layers.Attention`` of ``model`` by ``primaldual.Attention(variant)``.
-
-    The new layers reuse the old ``qkv``, ``proj`` and norm modules (same weights, device, dtype), so only
-    the attention computation changes; ``variant="softmax"`` leaves the outputs as they were. SH keeps the
-    model's ``num_prefix_tokens`` (class/register tokens) unpooled. Returns ``model``.
-    """
-    from timm.layers import Attention as TimmAttention
-
-    if not isinstance(variant, AttentionOptions):
-        options.setdefault("num_prefix_tokens", getattr(model, "num_prefix_tokens", 0))
-    options = resolve_options(variant, options)
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is not TimmAttention:
-                continue
-            new = Attention(child.qkv.in_features, child.num_heads, child.head_dim, device="meta", options=options)
-            for part in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop"):
-                setattr(new, part, getattr(child, part, None))
-            new.train(child.training)
-            setattr(parent, name, new)
-            replaced += 1
-    if not replaced:
-        raise ValueError("model has no timm.layers.Attention module to convert")
-    return model

@@ -1,0 +1,135 @@
+"""One attention call of a host library, answered by a variant: masks, causality, KV caches, scaling, weights.
+
+The host gives projected q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)`` and a mask read by
+:func:`~primaldual.integrations.masks.split_mask`. :func:`attend` routes the call:
+
+* every query sees every valid key (an encoder, cross-attention, one decoding step against a KV cache):
+  :func:`primaldual.functional.attention` with the keys' padding. A decoding query sees all cached keys, so its
+  BN statistics are those of its whole prefix, as in the causal call that produced the cache.
+* causal with as many queries as keys (a decoder's training step, a prompt): the functional op with ``causal=True``
+  (BN: prefix statistics).
+* any other prefix pattern (several new queries against a cache) and a sparse window whose queries are not the
+  keys' positions: the explicit form below, for the softmax-kernel variants without pooling (softmax, sparse, bn).
+  Query i's position is the last key it sees; BN's statistics are those of the valid keys up to it (the prefix
+  statistics of :func:`~primaldual.functional.key_statistics`, gathered per query), its window is centred there.
+
+Variants without a causal form are refused in causal calls: SH pools windows of keys that run across future
+positions, and the linear kernel's causal form (prefix sums of ``Φ(k) vᵀ``) is not implemented.
+
+Scaling. The functional ops score ``qᵀk/√D``. A host's ``scaling`` c' (transformers' ``module.scaling``) replaces
+``1/√D``: the score becomes ``c' qᵀk`` for softmax, sparse and SH (q multiplied by ``c = c'√D``) and
+``c' x̂(q)ᵀx̂(k)`` for BN, where ``x̂(q) = (q - βμ) ⊘ s`` is linear in q with β: ``(cq - (cβ)μ) ⊘ s = c x̂(q)``, so
+q is multiplied by c and β by c. The linear kernel ``Φ(q)ᵀΦ(k)`` has no temperature: scaling is not used there.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import functional
+from ..functional import AttentionOptions, key_statistics
+from .masks import MaskPattern, causal_pattern
+
+
+def attend(
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: MaskPattern | None = None,
+    *,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+    scaling: float | None = None,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Attention ``options`` (made for H heads) on q, k, v ``(B, H, ·, ·)`` -> ``(B, H, Nq, Dv)`` and the weights
+    ``(B, H, Nq, Nk)`` when ``need_weights`` (before dropout), else None.
+
+    ``pattern``: the host's mask (None: no mask; then ``causal`` says whether query i sees keys ``j <= Nk - Nq + i``
+    or all of them). ``scaling``: the host's score scale in place of ``1/√D`` (None: ``1/√D``).
+    """
+    nq, nk = q.shape[2], k.shape[2]
+    if pattern is None and ((causal and 1 < nq != nk) or (options.spec.windowed and nq == 1 != nk)):
+        pattern = causal_pattern(q.shape[0], nq, nk, None, q.device)  # a query at position Nk - Nq + i
+    kind = pattern.kind if pattern is not None else "causal" if causal and nq > 1 else "full"
+    if kind != "full":
+        check_causal(options)
+    scale = 1.0 if scaling is None or options.spec.kernel != "softmax" else scaling * math.sqrt(q.shape[-1])
+    if abs(scale - 1.0) > 1e-12:
+        q, options = q * scale, scaled_options(options, scale)
+    if kind == "prefix" or (options.spec.windowed and nq != nk):
+        if pattern is None:
+            raise ValueError(
+                f"variant {options.variant!r} needs the queries' positions: as many queries as keys, one query "
+                f"after the keys, or a causal mask; got {nq} queries and {nk} keys"
+            )
+        return explicit_attention(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
+    padding = None if pattern is None else pattern.padding
+    options = with_causal(options, kind == "causal")
+    out = functional.attention(q, k, v, options, key_padding_mask=padding, dropout_p=dropout_p)
+    weights = functional.attention_weights(q, k, options, key_padding_mask=padding) if need_weights else None
+    return out, weights
+
+
+def check_causal(options: AttentionOptions) -> None:
+    """A ValueError for a variant without a causal form, saying why."""
+    spec = options.spec
+    if spec.pooled:
+        raise ValueError(
+            f"variant {options.variant!r} has no causal form: Attention-SH pools windows of keys that run across "
+            "future positions, so a causal model (a decoder) would see the future; use it in bidirectional models "
+            "(encoders), or choose softmax, sparse or bn"
+        )
+    if spec.kernel != "softmax":
+        raise ValueError(
+            f"variant {options.variant!r} has no causal form here: the linear kernel's prefix-sum form is not "
+            "implemented; use it in bidirectional models (encoders), or choose softmax, sparse or bn"
+        )
+
+
+@functools.lru_cache(maxsize=256)
+def scaled_options(options: AttentionOptions, scale: float) -> AttentionOptions:
+    """``options`` for queries multiplied by ``scale``: BN's β multiplied too (see the module doc)."""
+    return options.replace(mean_weight=options.mean_weight * scale) if options.spec.bn else options
+
+
+@functools.lru_cache(maxsize=256)
+def with_causal(options: AttentionOptions, causal: bool) -> AttentionOptions:
+    """``options`` with ``causal`` set (made once per options object): the host's mask decides, not the options."""
+    return options if options.causal == causal else options.replace(causal=causal)
+
+
+def explicit_attention(
+    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, pattern: MaskPattern, *, dropout_p: float,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Softmax-kernel attention on any prefix pattern, weights formed explicitly ``(B, H, Nq, Nk)``.
+
+    Query i's position is its frontier ``f_i`` (the last key it sees). BN: ``x̂(q_i)`` with the statistics of the
+    valid keys ``j <= f_i`` (with the shift identity: ``(q_i - βμ_i) ⊘ s_i²`` against ``k - m``); sparse: keys
+    ``|f_i - j| <= window`` only. Rows that see no key are 0.
+    """
+    spec = options.spec
+    if spec.pooled or spec.kernel != "softmax":
+        raise ValueError(f"variant {options.variant!r} needs every query to see every valid key here")
+    allowed = pattern.allowed
+    index = pattern.frontier.clamp_min(0)[:, None, :, None]  # (B, 1, Nq, 1)
+    if spec.windowed:
+        j = torch.arange(k.shape[2], device=k.device)
+        allowed = allowed & ((j - pattern.frontier[:, None, :, None]).abs() <= options.window)
+    if spec.bn:
+        stats = key_statistics(k, pattern.padding, eps=options.eps, causal=True)
+        mean = stats.mean.gather(2, index.expand(*q.shape))
+        var = stats.var.gather(2, index.expand(*q.shape))
+        count = stats.count.expand(q.shape[0], 1, k.shape[2], 1).gather(2, index)
+        q = ((q - options.mean_weight * mean) / var).masked_fill(count <= 1, 0.0)
+        k = k - stats.centre
+    weights = functional.reference.softmax_weights(q, k, allowed)
+    out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
+    return out, weights if need_weights else None

@@ -1,0 +1,158 @@
+"""Hugging Face transformers (5.x): every variant as an attention implementation, ``"primaldual-<variant>"``.
+
+    from primaldual.integrations.transformers import register
+    register(num_prefix_tokens=1)                     # ["primaldual-softmax", ..., "primaldual-linear-bn+sh"]
+    model = AutoModel.from_config(config, attn_implementation="primaldual-bn")
+    model.set_attn_implementation("primaldual-sh")    # or switch a model you have
+
+Each name is registered twice: as an attention function (``AttentionInterface``) and as a mask function
+(``AttentionMaskInterface``). Without the second, transformers hands a custom implementation no mask at all and
+padding would silently take part in BN statistics and SH windows. The mask function is transformers' own
+``sdpa_mask``: a bool ``(B, 1, Nq, Nk)`` mask (True = attend), or None where SDPA needs none (no padding; then the
+module's ``is_causal`` says whether the call is causal). The attention function reads that mask with
+:func:`~primaldual.integrations.masks.split_mask` and routes it as :func:`~primaldual.integrations.attend.attend`
+describes; what it handles:
+
+* padding masks of encoders; causal masks of decoders (BN: prefix statistics); a KV cache (a decoding query sees
+  every cached key, so greedy generation gives the same tokens with and without the cache); a static cache's
+  unfilled tail (keys no query sees are padding).
+* grouped-query attention: keys and values repeated to the query heads (``repeat_kv``), then per-head as usual.
+* the module's ``scaling`` in place of ``1/√D`` (BN: ``scaling · x̂(q)ᵀx̂(k)``; the linear kernel has no scale).
+* attention dropout while training (the ``dropout`` the module passes); ``output_attentions``: the explicit weights
+  ``(B, H, Nq, Nk)`` of :func:`primaldual.functional.attention_weights` (SH's pooled weights spread back over the
+  keys they pool).
+
+Refused with a ValueError that says why: SH and the linear kernel in causal calls (no causal form), masks that are
+not padding with or without causality (sliding windows, chunks, packed sequences), additive position biases,
+logit soft-capping and attention sinks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from ..functional import VARIANTS, AttentionOptions
+from ..functional.options import FIELDS, check_names
+from .attend import attend
+from .masks import allowed_from_mask, split_mask
+
+PREFIX = "primaldual-"
+UNSUPPORTED = ("softcap", "position_bias", "s_aux", "sinks")
+
+
+def register(**options: Any) -> list[str]:
+    """Register every variant of :data:`primaldual.functional.VARIANTS` as ``"primaldual-<variant>"``, with
+    ``options`` (fields of :class:`~primaldual.functional.AttentionOptions`: ``scales``, ``window``, ``eps``,
+    ``mean_weight``, ``num_prefix_tokens``); returns the names. ``scales`` apply to the SH variants and ``window``
+    to sparse only; ``primaldual-sparse`` without a ``window`` raises when called. Causality is the model's, not an
+    option. A later call registers the names again with its own options."""
+    check_names(options)
+    if "causal" in options:
+        raise TypeError("causal is not an option of register: the model's masks say which calls are causal")
+    names = []
+    for variant in VARIANTS:
+        name = PREFIX + variant
+        AttentionInterface.register(name, attention_function(variant, **options))
+        AttentionMaskInterface.register(name, primaldual_mask)
+        names.append(name)
+    return names
+
+
+def primaldual_mask(*args: Any, **kwargs: Any) -> Tensor | None:
+    """transformers' ``sdpa_mask``: bool ``(B, 1, Nq, Nk)``, True where query i may attend key j, or None when no
+    key is padding (causality then comes from the module)."""
+    return sdpa_mask(*args, **kwargs)
+
+
+def attention_function(variant: str, **options: Any) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """The attention function of ``variant`` for ``AttentionInterface``; ``options`` as in :func:`register` (those
+    that do not apply to the variant are left out)."""
+    spec = VARIANTS[variant]
+    settings = {
+        key: value
+        for key, value in options.items()
+        if key in FIELDS and (key != "scales" or spec.pooled) and (key != "window" or spec.windowed)
+    }
+    made = None if spec.windowed and "window" not in settings else AttentionOptions(variant, **settings)
+
+    def primaldual_attention(
+        module: Any,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        """q ``(B, H, Nq, D)``, k, v ``(B, Hkv, Nk, ·)`` -> ``(B, Nq, H, Dv)`` and the weights or None."""
+        if made is None:
+            raise ValueError(f"{PREFIX}{variant} needs a window: register(window=...) (an integer >= 0)")
+        return forward(made, module, query, key, value, attention_mask, scaling, dropout, kwargs)
+
+    primaldual_attention.__name__ = primaldual_attention.__qualname__ = f"primaldual_{variant.replace('+', '_')}"
+    return primaldual_attention
+
+
+def forward(
+    options: AttentionOptions,
+    module: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    dropout: float,
+    kwargs: dict[str, Any],
+) -> tuple[Tensor, Tensor | None]:
+    """One call of the attention function (see the module doc)."""
+    for name in UNSUPPORTED:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"{PREFIX}{options.variant} does not support {name} (given by {type(module).__name__})")
+    if key.shape[1] != query.shape[1]:  # grouped-query attention
+        groups = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    pattern = None
+    if attention_mask is not None:
+        allowed = allowed_from_mask(attention_mask[..., : key.shape[2]], true_means="attend", name="attention_mask")
+        pattern = split_mask(allowed)
+    elif is_causal and 1 < query.shape[2] < key.shape[2]:
+        # A prompt against an empty static cache: sdpa_mask skips the mask and the keys past the prompt are unfilled.
+        key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+    out, weights = attend(
+        for_heads(options, query.shape[1]),
+        query,
+        key,
+        value,
+        pattern,
+        causal=bool(is_causal),
+        dropout_p=dropout,
+        scaling=scaling,
+        need_weights=weights_requested(kwargs),
+    )
+    return out.transpose(1, 2).contiguous(), weights
+
+
+@functools.lru_cache(maxsize=256)
+def for_heads(options: AttentionOptions, num_heads: int) -> AttentionOptions:
+    """``options.for_heads(num_heads)``, made once per model shape."""
+    return options.for_heads(num_heads)
+
+
+def weights_requested(kwargs: dict[str, Any]) -> bool:
+    """Whether the model collects attention weights: ``output_attentions`` passed down, or set in the config (then
+    transformers' output collector asks for ``attentions``)."""
+    if kwargs.get("output_attentions"):
+        return True
+    from transformers.utils.output_capturing import _active_collector
+
+    collected = _active_collector.get()
+    return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)

@@ -1,0 +1,296 @@
+"""Hugging Face transformers: the "primaldual-<variant>" attention implementations on small models (no download).
+
+Encoder with padding (BERT), vision model with a class token (ViT), decoder with grouped-query attention (Llama).
+Models are float64 so that "equal" means equal to rounding.
+"""
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, ViTConfig  # noqa: E402
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
+from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+
+from primaldual import functional  # noqa: E402
+from primaldual.integrations.transformers import register  # noqa: E402
+
+ENCODER_VARIANTS = ["softmax", "bn", "sh", "bn+sh"]
+ATOL = 1e-10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def names():
+    return register(window=2)
+
+
+def bert(variant, dropout=0.0):
+    config = BertConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=dropout,
+        initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    impl = "sdpa" if variant == "sdpa" else f"primaldual-{variant}"
+    return AutoModel.from_config(config, attn_implementation=impl, add_pooling_layer=False).double().eval()
+
+
+def bert_inputs():
+    ids = torch.randint(1, 40, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 12, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, 3:] = 0
+    return ids, mask
+
+
+def llama(variant):
+    config = LlamaConfig(
+        vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=48, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    impl = "sdpa" if variant == "sdpa" else f"primaldual-{variant}"
+    return LlamaForCausalLM._from_config(config, attn_implementation=impl).double().eval()
+
+
+def llama_inputs():
+    ids = torch.randint(1, 48, (2, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0  # left padding, as for generation
+    return ids, mask
+
+
+def valid(x, mask):
+    return x[mask.bool()]
+
+
+def test_register_names_every_variant_with_a_mask_function(names):
+    assert names == [f"primaldual-{v}" for v in functional.VARIANTS]
+    for name in names:
+        assert name in ALL_ATTENTION_FUNCTIONS and name in AttentionMaskInterface._global_mapping
+
+
+# --- encoder with padding (BERT) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_bert_padding_never_changes_valid_tokens(variant):
+    model, (ids, mask) = bert(variant), bert_inputs()
+    other = ids.clone()
+    other[mask == 0] = torch.randint(1, 40, (int((mask == 0).sum()),))
+    a = model(ids, attention_mask=mask).last_hidden_state
+    b = model(other, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(valid(a, mask), valid(b, mask), rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_bert_softmax_equals_sdpa_and_the_others_differ(variant):
+    (ids, mask), reference = bert_inputs(), bert("sdpa")
+    expected = valid(reference(ids, attention_mask=mask).last_hidden_state, mask)
+    out = valid(bert(variant)(ids, attention_mask=mask).last_hidden_state, mask)
+    if variant == "softmax":
+        torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
+    else:
+        assert (out - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_bert_backward_is_finite(variant):
+    model, (ids, mask) = bert(variant, dropout=0.1).train(), bert_inputs()
+    model(ids, attention_mask=mask).last_hidden_state.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_bert_attention_dropout_only_while_training(variant):
+    model, (ids, mask) = bert(variant, dropout=0.5), bert_inputs()
+    evaluated = [model(ids, attention_mask=mask).last_hidden_state for _ in range(2)]
+    torch.testing.assert_close(evaluated[0], evaluated[1], rtol=0, atol=0)
+    model.train()
+    trained = [model(ids, attention_mask=mask).last_hidden_state for _ in range(2)]
+    assert not torch.allclose(trained[0], trained[1]) and not torch.allclose(trained[0], evaluated[0])
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_bert_output_attentions(variant):
+    (ids, mask), model = bert_inputs(), bert(variant)
+    attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(attentions) == 2 and attentions[0].shape == (3, 4, 12, 12)
+    for weights in attentions:
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 12, dtype=weights.dtype))
+        assert (weights.permute(0, 3, 1, 2)[mask == 0] == 0).all()  # no weight on a padded key
+    if variant == "softmax":
+        eager = bert("sdpa")
+        eager.set_attn_implementation("eager")
+        expected = eager(ids, attention_mask=mask, output_attentions=True).attentions
+        for weights, reference in zip(attentions, expected):
+            torch.testing.assert_close(weights, reference, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_set_attn_implementation_switches_a_model(variant):
+    (ids, mask), model = bert_inputs(), bert("sdpa")
+    model.set_attn_implementation(f"primaldual-{variant}")
+    torch.testing.assert_close(
+        model(ids, attention_mask=mask).last_hidden_state, bert(variant)(ids, attention_mask=mask).last_hidden_state
+    )
+
+
+# --- vision model with a class token (ViT) ---------------------------------------------------------------------
+
+
+def vit(variant):
+    config = ViTConfig(
+        image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.3,
+    )
+    torch.manual_seed(0)
+    impl = "sdpa" if variant == "sdpa" else f"primaldual-{variant}"
+    return AutoModel.from_config(config, attn_implementation=impl, add_pooling_layer=False).double().eval()
+
+
+@pytest.mark.parametrize("variant", ENCODER_VARIANTS)
+def test_vit_with_a_class_token(variant):
+    register(num_prefix_tokens=1)  # the class token stays a key of every SH head
+    try:
+        images = torch.randn(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        expected = vit("sdpa")(images).last_hidden_state
+        model = vit(variant)
+        out = model(images).last_hidden_state
+        assert out.shape == (2, 17, 32)
+        if variant == "softmax":
+            torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
+        else:
+            assert (out - expected).abs().max() > 1e-2
+        out.square().mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        # The registered options reach the op: the first layer's attention is the functional variant.
+        q, k, v = torch.randn(3, 2, 4, 17, 8, dtype=torch.float64).unbind(0)
+        module = model.layers[0].attention
+        got = ALL_ATTENTION_FUNCTIONS[f"primaldual-{variant}"](module, q, k, v, None, scaling=8**-0.5)[0]
+        options = {"scales": (1, 2, 4, 8), "num_prefix_tokens": 1} if "sh" in variant else {}
+        torch.testing.assert_close(got, functional.attention(q, k, v, variant, **options).transpose(1, 2))
+    finally:
+        register(window=2)
+
+
+# --- decoder with grouped-query attention (Llama) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
+    model, (ids, mask) = llama(variant), llama_inputs()
+    logits = model(ids, attention_mask=mask).logits
+    other = ids.clone()
+    other[1, :3] = torch.tensor([5, 6, 7])  # other left padding
+    torch.testing.assert_close(valid(model(other, attention_mask=mask).logits, mask), valid(logits, mask),
+                               rtol=0, atol=ATOL)
+    future = ids.clone()
+    future[:, 5:] = torch.tensor([9, 10])  # other future tokens: positions <= 4 unchanged
+    torch.testing.assert_close(model(future, attention_mask=mask).logits[:, :5], logits[:, :5], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
+    (ids, mask), reference = llama_inputs(), llama("sdpa")
+    expected = valid(reference(ids, attention_mask=mask).logits, mask)
+    out = valid(llama(variant)(ids, attention_mask=mask).logits, mask)
+    if variant == "softmax":
+        torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
+    else:
+        assert (out - expected).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_llama_kv_cache_gives_the_logits_of_the_whole_sequence(variant):
+    """Prefill, then one token, then two at once (several new queries against the cache): the same logits."""
+    model, (ids, mask) = llama(variant), llama_inputs()
+    whole = model(ids, attention_mask=mask).logits
+    step = model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+    parts = [step.logits]
+    step = model(ids[:, 4:5], attention_mask=mask[:, :5], cache=step.past_key_values, use_cache=True)
+    parts.append(step.logits)
+    step = model(ids[:, 5:], attention_mask=mask, cache=step.past_key_values, use_cache=True)
+    parts.append(step.logits)
+    torch.testing.assert_close(valid(torch.cat(parts, 1), mask), valid(whole, mask), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_llama_generation_with_and_without_cache(variant):
+    model, (ids, mask) = llama(variant), llama_inputs()
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    cached = model.generate(ids, use_cache=True, **settings)
+    assert torch.equal(cached, model.generate(ids, use_cache=False, **settings))
+    assert torch.equal(cached, model.generate(ids, cache_implementation="static", **settings))
+    if variant == "softmax":
+        assert torch.equal(cached, llama("sdpa").generate(ids, **settings))
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_llama_backward_and_output_attentions(variant):
+    model, (ids, mask) = llama(variant).train(), llama_inputs()
+    out = model(ids, attention_mask=mask, labels=ids, output_attentions=True)
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    weights = out.attentions[0]
+    assert weights.shape == (2, 4, 7, 7) and (weights.triu(1) == 0).all()  # causal
+    torch.testing.assert_close(weights[0].sum(-1), torch.ones(4, 7, dtype=weights.dtype))
+
+
+@pytest.mark.parametrize("variant", ["sh", "bn+sh", "linear", "linear-bn"])
+def test_llama_refuses_variants_without_a_causal_form(variant):
+    ids, mask = llama_inputs()
+    with pytest.raises(ValueError, match="has no causal form"):
+        llama(variant)(ids, attention_mask=mask)
+
+
+# --- the attention function itself: grouped-query attention, scaling -------------------------------------------
+
+
+class Module(torch.nn.Module):
+    def __init__(self, groups, causal=False):
+        super().__init__()
+        self.num_key_value_groups, self.is_causal = groups, causal
+
+
+def test_grouped_query_attention_repeats_keys_per_group():
+    q = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 2, 6, 8, dtype=torch.float64).unbind(0)
+    got = ALL_ATTENTION_FUNCTIONS["primaldual-bn"](Module(2, causal=True), q, k, v, None)[0]
+    expected = functional.bn_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), causal=True)
+    torch.testing.assert_close(got, expected.transpose(1, 2))
+
+
+def test_scaling_replaces_one_over_sqrt_d():
+    q, k, v = torch.randn(3, 2, 4, 6, 8, dtype=torch.float64).unbind(0)
+    module, scale = Module(1), 0.9
+    got = ALL_ATTENTION_FUNCTIONS["primaldual-softmax"](module, q, k, v, None, scaling=scale)[0]
+    torch.testing.assert_close(got, sdpa_attention_forward(module, q, k, v, None, scaling=scale)[0])
+    # BN: softmax(scaling · x̂(q)ᵀx̂(k)) v, x̂ = (x - μ)/sqrt(var + eps) with the keys' statistics.
+    mean, var = k.mean(2, keepdim=True), k.var(2, unbiased=False, keepdim=True) + 1e-5
+    scores = scale * ((q - mean) / var.sqrt()) @ ((k - mean) / var.sqrt()).transpose(-1, -2)
+    expected = (scores.softmax(-1) @ v).transpose(1, 2)
+    got = ALL_ATTENTION_FUNCTIONS["primaldual-bn"](module, q, k, v, None, scaling=scale)[0]
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, ALL_ATTENTION_FUNCTIONS["primaldual-bn"](module, q, k, v, None)[0])
+    assert math.isclose(scale, 0.9)
+
+
+def test_unsupported_masks_and_arguments_are_refused():
+    q, k, v = torch.randn(3, 1, 2, 5, 4, dtype=torch.float64).unbind(0)
+    band = (torch.arange(5)[:, None] - torch.arange(5)).abs() <= 1
+    attention = ALL_ATTENTION_FUNCTIONS["primaldual-bn"]
+    with pytest.raises(ValueError, match="not a padding mask"):
+        attention(Module(1), q, k, v, band.expand(1, 1, 5, 5))
+    with pytest.raises(ValueError, match="softcap"):
+        attention(Module(1), q, k, v, None, softcap=30.0)
+    bias = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="additive biases"):
+        attention(Module(1), q, k, v, bias)
+    with pytest.raises(TypeError, match="causal is not an option"):
+        register(causal=True)
