@@ -68,6 +68,14 @@ def valid(x, mask):
     return x[mask.bool()]
 
 
+def equal_for_softmax_only(out, sdpa, variant):
+    """primaldual-softmax equals transformers' sdpa; every other variant differs from it."""
+    if variant == "softmax":
+        torch.testing.assert_close(out, sdpa, rtol=0, atol=ATOL)
+    else:
+        assert (out - sdpa).abs().max() > 1e-2
+
+
 def test_register_names_every_variant_with_a_mask_function(names):
     assert names == [f"primaldual-{v}" for v in functional.VARIANTS]
     for name in names:
@@ -91,11 +99,7 @@ def test_bert_padding_never_changes_valid_tokens(variant):
 def test_bert_softmax_equals_sdpa_and_the_others_differ(variant):
     (ids, mask), reference = bert_inputs(), bert("sdpa")
     expected = valid(reference(ids, attention_mask=mask).last_hidden_state, mask)
-    out = valid(bert(variant)(ids, attention_mask=mask).last_hidden_state, mask)
-    if variant == "softmax":
-        torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
-    else:
-        assert (out - expected).abs().max() > 1e-2
+    equal_for_softmax_only(valid(bert(variant)(ids, attention_mask=mask).last_hidden_state, mask), expected, variant)
 
 
 @pytest.mark.parametrize("variant", ENCODER_VARIANTS)
@@ -163,10 +167,7 @@ def test_vit_with_a_class_token(variant):
         model = vit(variant)
         out = model(images).last_hidden_state
         assert out.shape == (2, 17, 32)
-        if variant == "softmax":
-            torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
-        else:
-            assert (out - expected).abs().max() > 1e-2
+        equal_for_softmax_only(out, expected, variant)
         out.square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         # The registered options reach the op: the first layer's attention is the functional variant.
@@ -199,11 +200,7 @@ def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
 def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
     (ids, mask), reference = llama_inputs(), llama("sdpa")
     expected = valid(reference(ids, attention_mask=mask).logits, mask)
-    out = valid(llama(variant)(ids, attention_mask=mask).logits, mask)
-    if variant == "softmax":
-        torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
-    else:
-        assert (out - expected).abs().max() > 1e-2
+    equal_for_softmax_only(valid(llama(variant)(ids, attention_mask=mask).logits, mask), expected, variant)
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn"])

@@ -129,7 +129,8 @@ class MultiheadAttention(nn.Module):
             raise ValueError("nested tensors are supported for batch-first self-attention only")
         lengths = [t.shape[0] for t in query.unbind()]
         padded = query.to_padded_tensor(0.0)
-        mask = torch.arange(padded.shape[1], device=padded.device) >= torch.tensor(lengths, device=padded.device)[:, None]
+        steps = torch.arange(padded.shape[1], device=padded.device)
+        mask = steps >= torch.tensor(lengths, device=padded.device)[:, None]
         out, weights = self.forward(padded, padded, padded, mask, need_weights, None, average, is_causal)
         return torch.nested.nested_tensor([o[:n] for o, n in zip(out, lengths)]), weights
 
