@@ -43,13 +43,15 @@ def test_softmax_keeps_every_output(batch_first, mask):
     assert weights is None and torch.allclose(out, module(x, x, x)[0])
 
 
-@pytest.mark.parametrize("mask", ["bool", "additive", "is_causal"])
+@pytest.mark.parametrize("mask", ["bool", "additive", "is_causal", "causal option"])
 def test_bare_sequence_first_mha_with_a_causal_mask(mask):
     """Attention-BN with prefix statistics: equal to the functional op; the future never changes the past."""
     module = mha(batch_first=False)
-    layer = primaldual.convert(copy.deepcopy(module), "bn")
+    layer = primaldual.convert(copy.deepcopy(module), "bn", causal=mask == "causal option")
     x = torch.randn(10, 2, 16, dtype=torch.float64)  # (seq, batch, dim)
-    kwargs = {"is_causal": True} if mask == "is_causal" else {"attn_mask": causal_masks(10)[mask]}
+    kwargs = {"is_causal": True} if mask == "is_causal" else {} if mask == "causal option" else {
+        "attn_mask": causal_masks(10)[mask]
+    }
     out, _ = layer(x, x, x, **kwargs)
     later = x.clone()
     later[6:] = torch.randn(4, 2, 16, dtype=torch.float64)

@@ -70,7 +70,7 @@ class MultiheadAttention(nn.Module):
         ``average_attn_weights``) when ``need_weights``, before dropout."""
         if query.is_nested:
             return self._nested(query, key, value, need_weights, average_attn_weights, is_causal)
-        batched = query.dim() == 3
+        batched, is_causal = query.dim() == 3, is_causal or self.options.causal
         q, k, v = (self._batch_first(x, batched) for x in (query, key, value))
         if key_padding_mask is not None and not batched:
             key_padding_mask = key_padding_mask[None]

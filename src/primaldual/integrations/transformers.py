@@ -152,7 +152,9 @@ def weights_requested(kwargs: dict[str, Any]) -> bool:
     transformers' output collector asks for ``attentions``)."""
     if kwargs.get("output_attentions"):
         return True
-    from transformers.utils.output_capturing import _active_collector
-
+    try:  # transformers' private collector (5.x): present while a model records outputs
+        from transformers.utils.output_capturing import _active_collector
+    except ImportError:
+        return False
     collected = _active_collector.get()
     return bool(collected) and ("attentions" in collected or "cross_attentions" in collected)
