@@ -1,7 +1,7 @@
 """Swap the attention of a plain PyTorch ``nn.TransformerEncoder`` for Attention-BN / Attention-SH, then train it.
 
-    python examples/torch_nn.py            # ~ 1 minute on 2 CPU cores
-    python examples/torch_nn.py --quick    # ~ 15 seconds: a smoke run
+    python examples/torch_nn.py            # ~ 5 minutes on 2 busy CPU cores (4 variants)
+    python examples/torch_nn.py --quick    # under a minute: a smoke run
 
 ``primaldual.convert(model, variant)`` replaces every ``nn.MultiheadAttention`` in the model by a module with the
 same weights and call signature; the encoder's ``src_key_padding_mask`` keeps padding out of BN's statistics and
