@@ -191,7 +191,7 @@ def test_redundancy_is_the_mean_over_valid_queries_and_pairs_of_heads():
 def test_redundancy_of_converted_timm_vit_uses_timms_own_weights():
     from timm.models.vision_transformer import VisionTransformer
 
-    from primaldual.models.vit import convert
+    from primaldual import convert
 
     torch.manual_seed(0)
     vit = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2,

@@ -5,7 +5,8 @@ import timm
 import torch
 
 from primaldual import Attention
-from primaldual.models.vit import PRESETS, convert, vision_transformer
+from primaldual import convert
+from primaldual.models.vit import PRESETS, vision_transformer
 
 
 @pytest.fixture(scope="module")

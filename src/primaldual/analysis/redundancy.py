@@ -4,7 +4,7 @@ Hooks on each :class:`primaldual.Attention` layer record what its forward comput
 keys handed to the attention kernel (outputs of ``q_norm`` / ``k_norm``), the per-head outputs (input of
 ``norm``, before the output projection) and the layer's ``key_padding_mask``. They return nothing, so the
 model's outputs are unchanged, and are removed on exit. This covers every variant, the models of
-:mod:`primaldual.models` and timm ViTs converted by :func:`primaldual.models.vit.convert`.
+:mod:`primaldual.models` and timm ViTs converted by :func:`primaldual.convert`.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def record_attention(model: nn.Module) -> Iterator[list[AttentionRecord]]:
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, Attention)]
     if not layers:
         raise ValueError(
-            "model has no primaldual.Attention layer (convert a timm model with primaldual.models.vit.convert first)"
+            "model has no primaldual.Attention layer (convert a timm or torch.nn model with primaldual.convert first)"
         )
     records: list[AttentionRecord] = []
     handles = []

@@ -1,5 +1,5 @@
-"""DeiT-style vision transformers on timm whose attention is a primaldual variant. ``convert`` (for models a user
-already has) lives in :mod:`primaldual.integrations` and is re-exported here.
+"""DeiT-style vision transformers on timm whose attention is a primaldual variant (for models a user already has,
+:func:`primaldual.convert` swaps the attention in place).
 
 SH on image tokens: the sequence is [class/register tokens, patch tokens]; SH pools only the patch tokens
 (in raster order, windows of ``r`` consecutive patches) and keeps the ``num_prefix_tokens`` leading tokens
@@ -14,7 +14,6 @@ from torch import nn
 
 from ..functional.options import FIELDS, AttentionOptions
 from ..functional.variants import resolve_options
-from ..integrations import convert  # noqa: F401  (re-exported: primaldual.models.vit.convert)
 from ..layers import Attention
 
 # name -> timm VisionTransformer keywords. DeiT presets follow Touvron et al. (2021).
