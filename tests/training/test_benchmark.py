@@ -139,3 +139,20 @@ def test_run_rows_wait_for_every_fold() -> None:
     fold = {"dataset": "A", "method": "bn", "kind": "cv", "index": 0, "folds": 2, "val_acc": [0.5, 0.7]}
     assert run_rows([seed, fold]) == []  # one of two folds: train-only has no epoch yet
     assert len(run_rows([seed, fold, {**fold, "index": 1}])) == 2
+
+
+def test_cli_bad_benchmark_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from primaldual.cli import main
+
+    assert main(["benchmark", "--datasets", "ToyA", "--folds", "1", "--output", str(tmp_path)]) == 2
+    assert "folds must be >= 2" in capsys.readouterr().err
+
+
+def test_a_dataset_with_unfinished_runs_is_left_out_of_the_statistics() -> None:
+    from primaldual.analysis.benchmark_report import split_complete
+
+    rows = [{"dataset": d, "method": m, "protocol": "train-only", "seed": s}
+            for d in ("A", "B") for m in ("softmax", "bn") for s in range(3)]
+    rows = [r for r in rows if not (r["dataset"] == "B" and r["method"] == "bn" and r["seed"] == 2)]
+    complete, incomplete = split_complete(rows)
+    assert incomplete == ["B"] and {r["dataset"] for r in complete} == {"A"}

@@ -95,7 +95,7 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "dataset": dataset, "protocol": protocol, "method": method, "seeds": len(runs),
             "mean": statistics.fmean(accuracy), "std": statistics.stdev(accuracy) if len(runs) > 1 else math.nan,
             "seconds": statistics.fmean(r["seconds"] for r in runs),
-            **{k: _mean(r[k] for r in runs) for k in ("seconds_per_epoch", "params", "head_l2_distance",
+            **{k: _mean(r[k] for r in runs) for k in ("epoch", "seconds_per_epoch", "params", "head_l2_distance",
                                                          "head_cosine")},
         })
     _rank(out)
@@ -198,17 +198,34 @@ def benchmark_report(output: str | Path, *, command: str | None = None, wall_sec
     rows = run_rows(records)
     if not rows:
         raise ValueError(f"{output}: no finished run yet (transformer runs also need their cross-validation)")
-    summary = summary_rows(rows)
-    tests = wilcoxon_tests(rows, summary)
+    complete, incomplete = split_complete(rows)
+    summary = summary_rows(complete)
+    tests = wilcoxon_tests(complete, summary)
     ranks = average_ranks(summary)
     atomic_write(output / "runs.csv", tables.csv_text(rows).encode())
     tables.write_rows(summary, output, "summary")
     atomic_write(output / "statistics.json", tables.json_text({"wilcoxon": tests, "average_ranks": ranks}).encode())
     figures = [p for p in PROTOCOLS if plot_cd(summary, p, output / f"cd-{p}.png")]
     text = summary_markdown(summary, tests, ranks, figures, command, wall_seconds)
+    if incomplete:
+        text += (f"\nLeft out of the tables and statistics, their runs unfinished (in runs.csv): "
+                 f"{', '.join(incomplete)}.\n")
     atomic_write(output / "summary.md", text.encode())
     atomic_write(output / "claims.md", claims_markdown(summary, tests).encode())
     return output / "summary.md"
+
+
+def split_complete(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the rows of the complete datasets, the names of the others): a dataset is complete when every method of
+    the benchmark has as many rows per protocol there as the best-covered (dataset, method, protocol)."""
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for row in rows:
+        counts[row["dataset"], row["method"], row["protocol"]] += 1
+    cells = {(m, p) for _, m, p in counts}
+    most = max(counts.values())
+    datasets = sorted({d for d, _, _ in counts})
+    done = [d for d in datasets if all(counts.get((d, m, p), 0) == most for m, p in cells)]
+    return [r for r in rows if r["dataset"] in done], [d for d in datasets if d not in done]
 
 
 def average_ranks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -270,7 +287,8 @@ def summary_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str
     ])]
     cost = [r for r in summary if r["protocol"] == "train-only"]
     parts += ["\n## Cost and head redundancy (per run, mean over seeds)\n", tables.markdown(cost, [
-        ("dataset", "dataset"), ("method", "method"), ("s / run", lambda r: tables.number(r["seconds"], 1)),
+        ("dataset", "dataset"), ("method", "method"), ("chosen epoch", lambda r: tables.number(r["epoch"], 1)),
+        ("s / run", lambda r: tables.number(r["seconds"], 1)),
         ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
         ("params", lambda r: tables.number(r["params"], 0)),
         ("head L2 distance", lambda r: tables.number(r["head_l2_distance"], 3)),
