@@ -25,14 +25,10 @@ options it was made with; a record made with other options is an error, not a si
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -51,6 +47,7 @@ from ..functional import PAPER_VARIANTS
 from .config import TrainConfig
 from .epochs import EpochEvaluation
 from .module import Classifier
+from .run import lightning_output
 from .tasks import build_model
 
 #: The transformer of every dataset unless overridden: small enough for a run of seconds on one CPU thread.
@@ -151,7 +148,7 @@ def fit(config: TrainConfig, data: SequenceData, train: SequenceSplit,
     record = EpochEvaluation(evaluate)
     loader = DataLoader(replace(train, jitter=config.jitter).to_dataset(), config.batch_size, shuffle=True)
     started = time.perf_counter()
-    with quiet():
+    with lightning_output(False, ignore=(".*GPU available but not used.*",)):
         trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=1, logger=False,
                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                             gradient_clip_val=config.grad_clip or None, callbacks=[record],
@@ -160,7 +157,7 @@ def fit(config: TrainConfig, data: SequenceData, train: SequenceSplit,
     return module, record, time.perf_counter() - started
 
 
-def run_cv(job: Job, output: Path, overrides: Mapping[str, Any], root: str | None, folds: int) -> dict[str, Any]:
+def run_cv(job: Job, overrides: Mapping[str, Any], root: str | None, folds: int) -> dict[str, Any]:
     """The record of a cross-validation fold (see the module's table)."""
     data = load(job.dataset, root)
     config = dataset_config(job.dataset, data, job.method, CV_SEED, overrides, root)
@@ -171,8 +168,7 @@ def run_cv(job: Job, output: Path, overrides: Mapping[str, Any], root: str | Non
             "config": config.to_dict()}
 
 
-def run_seed(job: Job, output: Path, overrides: Mapping[str, Any], root: str | None,
-             measure: Measure | None) -> dict[str, Any]:
+def run_seed(job: Job, overrides: Mapping[str, Any], root: str | None, measure: Measure | None) -> dict[str, Any]:
     """The record of a training run on the whole training file (see the module's table)."""
     data = load(job.dataset, root)
     config = dataset_config(job.dataset, data, job.method, job.index, overrides, root)
@@ -216,9 +212,9 @@ def run_job(job: Job, output: str | Path, overrides: Mapping[str, Any] | None = 
         if job.method == MINIROCKET:
             result = run_minirocket(job, root)
         elif job.kind == "cv":
-            result = run_cv(job, Path(output), overrides or {}, root, folds)
+            result = run_cv(job, overrides or {}, root, folds)
         else:
-            result = run_seed(job, Path(output), overrides or {}, root, measure)
+            result = run_seed(job, overrides or {}, root, measure)
         record = {"dataset": job.dataset, "method": job.method, "kind": job.kind, "index": job.index, **result}
         atomic_write(path, json.dumps(record, indent=1).encode())
         return f"{job.dataset} {job.method} {job.name}: {time.perf_counter() - started:.1f} s"
@@ -277,27 +273,3 @@ def protocol_accuracies(cv_curves: Sequence[Sequence[float]], test_curve: Sequen
     best = int(np.argmax(test_curve))
     return {"train-only": test_curve[chosen], "train_only_epoch": chosen, "cv_accuracy": float(mean[chosen]),
             "test-selected": test_curve[best], "test_selected_epoch": best}
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Lightning's messages and its hints that do not apply here (one in-memory process, no validation loop,
-    no logger) silenced within the block; its other warnings kept."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
-        for message in (".*does not have many workers.*", ".*log_every_n_steps.*", ".*isinstance\\(treespec.*",
-                        ".*GPU available but not used.*", ".*no `val_dataloader`.*"):
-            warnings.filterwarnings("ignore", message)
-        try:
-            for logger in loggers:
-                logger.setLevel(logging.WARNING)
-            yield
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
-
-
-def environment() -> dict[str, Any]:
-    """Where the benchmark ran: CPU count, torch threads (for the report's timing statement)."""
-    return {"cpus": os.cpu_count(), "torch": torch.__version__}
