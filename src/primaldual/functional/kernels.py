@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import allowed_keys
+from .transforms import allowed_keys, tracing
 
 
 def softmax_kernel(
@@ -35,7 +35,7 @@ def softmax_kernel(
     """
     if key_padding_mask is None and window is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
-    if window is not None and _band_block(window) + 2 * window < k.shape[2]:
+    if window is not None and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
         return _sliding_window(q, k, v, key_padding_mask, window=window, causal=causal, dropout_p=dropout_p)
     allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
     return _masked_sdpa(q, k, v, allowed, dropout_p)

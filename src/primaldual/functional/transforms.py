@@ -2,7 +2,7 @@
 
 * BN: masked per-(sample, head, feature) key statistics, whole-sequence or prefix (causal).
 * SH: masked average pooling of keys/values along the sequence, ceil mode, per head factor.
-* heads grouped by factor so every group runs one fused kernel call.
+* heads split into runs of one factor (each run one fused kernel call), or grouped by factor (the weights).
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def tracing() -> bool:
+    """True while torch.compile or torch.export traces: shape-dependent Python branches then take the path that
+    is correct for every length, so that one graph serves them all."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
@@ -36,10 +42,16 @@ def key_statistics(
     valid positions: over the whole sequence, or with ``causal`` over the prefix ``j <= i`` of each row i.
 
     Population variance. Padded keys are excluded; with no valid key ``μ = 0, s² = eps``. Accumulated in
-    at least float32, returned in k's dtype.
+    at least float32, returned in k's dtype. Without a mask nor causality, one ``torch.var_mean`` pass.
     """
     dtype = _stat_dtype(k)
     x = k.to(dtype)
+    if key_padding_mask is None and not causal:
+        var, mean = torch.var_mean(x, dim=2, keepdim=True, correction=0)
+        count = x.new_full((1, 1, 1, 1), x.shape[2])
+        mean = mean if x.shape[2] else mean.nan_to_num(0.0)  # no key: μ = 0, s² = eps (var_mean gives NaN)
+        var = var if x.shape[2] else var.nan_to_num(0.0)
+        return KeyStatistics(mean.to(k.dtype), (var + eps).to(k.dtype), count, mean.to(k.dtype))
     valid = None if key_padding_mask is None else (~key_padding_mask)[:, None, :, None].to(dtype)
     count = x.new_full((1, 1, 1, 1), x.shape[2]) if valid is None else valid.sum(2, keepdim=True)
     centre = (x if valid is None else x * valid).sum(2, keepdim=True) / count.clamp_min(1)
@@ -81,8 +93,14 @@ def bn_softmax_inputs(
     so that rounding noise is not amplified by ``1/eps`` in the backward pass (the causal first row).
     """
     stats = key_statistics(k, key_padding_mask, eps=eps, causal=causal)
-    q_shifted = ((q - mean_weight * stats.mean) / stats.var).masked_fill(stats.count <= 1, 0.0)
-    return q_shifted, k - stats.centre
+    # Written for few passes over the (B, H, N, D) tensors: the shift and the scale are made on the statistics'
+    # (B, H, 1, D) shape (the at-most-one-key rows zeroed there), then one add and one multiply over q. The key
+    # centre m is detached: the output does not depend on m (Σ_j ∂L/∂k_j = 0 under softmax's shift invariance),
+    # so its exact gradient is 0, and the backward pass skips a reduction and a negation over k.
+    scale, shift = stats.var.reciprocal(), stats.mean * -mean_weight
+    if key_padding_mask is not None or causal or k.shape[2] <= 1:  # else every row sees N > 1 keys
+        scale, shift = scale.masked_fill(stats.count <= 1, 0.0), shift.masked_fill(stats.count <= 1, 0.0)
+    return (q + shift) * scale, k - stats.centre.detach()
 
 
 def bn_normalize(
@@ -114,30 +132,53 @@ def pool_keys(
     ``P = num_prefix_tokens`` positions (class/register tokens) are kept unpooled. The last window may
     be partial; padded keys are left out of each window's mean; a window is padding only if all its
     keys are (its pooled value is then 0). Returns the pooled mask, or None when nothing is padding.
+
+    Shape-generic: the window count and the padding of the last window are computed from N, so one
+    ``torch.compile(dynamic=True)`` graph or exported program serves every length. Eager calls with full
+    windows and no mask take a view-and-mean shortcut (equal to the generic path).
     """
-    if factor == 1 or k.shape[2] <= num_prefix_tokens:
-        return k, v, key_padding_mask
     p = num_prefix_tokens
+    if factor == 1 or k.shape[2] <= p:
+        return k, v, key_padding_mask
     length = k.shape[2] - p
-    windows = -(-length // factor)
-    extra = windows * factor - length
-    x = torch.cat((k[:, :, p:], v[:, :, p:]), dim=-1)
-    b, h, _, c = x.shape
-    if key_padding_mask is None and extra == 0:
-        pooled, pooled_mask = x.view(b, h, windows, factor, c).mean(3), None
+    windows = (length + factor - 1) // factor
+    extra = windows * factor - length  # positions missing from the last window
+    if key_padding_mask is None and not tracing() and extra == 0:
+        pk, pv = (t[:, :, p:].unflatten(2, (windows, factor)).mean(3) for t in (k, v))
+        pooled_mask = None
     else:
-        valid = x.new_ones(b, length) if key_padding_mask is None else (~key_padding_mask[:, p:]).to(x.dtype)
-        valid = F.pad(valid, (0, extra)).view(b, 1, windows, factor, 1)
-        summed = (F.pad(x, (0, 0, 0, extra)).view(b, h, windows, factor, c) * valid).sum(3)
-        count = valid.sum(3)
-        pooled = summed / count.clamp_min(1)
+        if key_padding_mask is None:  # a window's count: factor, the last one possibly fewer
+            ends = torch.arange(1, windows + 1, device=k.device) * factor
+            weights, count = None, (length - ends + factor).clamp(max=factor).to(k.dtype)[None, None, :, None]
+        else:
+            valid = F.pad((~key_padding_mask[:, p:]).to(k.dtype), (0, extra))
+            weights = valid.view(valid.shape[0], 1, windows, factor, 1)
+            count = weights.sum(3)
+        pk, pv = (_window_sums(t[:, :, p:], weights, windows, factor, extra) / count.clamp_min(1) for t in (k, v))
         pooled_mask = None if key_padding_mask is None else count[:, 0, :, 0] == 0
-    pk, pv = pooled.split((k.shape[-1], v.shape[-1]), dim=-1)
     if p:
         pk, pv = torch.cat((k[:, :, :p], pk), 2), torch.cat((v[:, :, :p], pv), 2)
         if pooled_mask is not None:
             pooled_mask = torch.cat((key_padding_mask[:, :p], pooled_mask), 1)
     return pk, pv, pooled_mask
+
+
+def _window_sums(x: Tensor, weights: Tensor | None, windows: int, factor: int, extra: int) -> Tensor:
+    """``Σ`` over each window of x ``(B, H, L, C)`` (zero-padded by ``extra``), weighted by ``(B, 1, W, r, 1)``."""
+    x = F.pad(x, (0, 0, 0, extra)).unflatten(2, (windows, factor))
+    return (x if weights is None else x * weights).sum(3)
+
+
+def head_runs(scales: Sequence[int]) -> list[tuple[int, int]]:
+    """Runs of consecutive heads sharing a factor, ``[(factor, heads in the run), ...]`` in head order: the heads
+    are split into them along a dimension (views; one concatenation of gradients backward), not gathered."""
+    runs: list[tuple[int, int]] = []
+    for r in scales:
+        if runs and runs[-1][0] == r:
+            runs[-1] = (r, runs[-1][1] + 1)
+        else:
+            runs.append((r, 1))
+    return runs
 
 
 def head_groups(scales: Sequence[int]) -> dict[int, slice | Tensor]:

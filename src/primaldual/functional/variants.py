@@ -50,7 +50,7 @@ from torch import Tensor
 from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales
 from .kernels import linear_kernel, softmax_kernel
 from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
-from .transforms import bn_normalize, bn_softmax_inputs, head_groups, pool_keys
+from .transforms import bn_normalize, bn_softmax_inputs, head_runs, pool_keys, tracing
 
 __all__ = ["PAPER_VARIANTS", "VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
 
@@ -81,8 +81,11 @@ def check_inputs(
         raise ValueError(
             f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})"
         )
+    scales = check_scales(options.scales, q.shape[1])
+    if tracing():  # a graph for every length: no guard on N (pooling is shape-generic)
+        return scales
     pooled = max(1, k.shape[2] - options.num_prefix_tokens)
-    return tuple(min(r, pooled) for r in check_scales(options.scales, q.shape[1]))
+    return tuple(min(r, pooled) for r in scales)
 
 
 def normalise(
@@ -131,17 +134,18 @@ def attention(
     check_dropout(dropout_p)
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
-    groups = head_groups(scales)
+    runs = head_runs(scales)
+    if len(runs) == 1:
+        pk, pv, pmask = pool_keys(k, v, key_padding_mask, runs[0][0], num_prefix_tokens=options.num_prefix_tokens)
+        return _fit_and_evaluate(options, q, pk, pv, pmask, dropout_p)
+    sizes = [heads for _, heads in runs]
     outputs = []
-    for factor, heads in groups.items():
-        pk, pv, pmask = pool_keys(
-            k[:, heads], v[:, heads], key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
-        )
-        outputs.append(_fit_and_evaluate(options, q[:, heads], pk, pv, pmask, dropout_p))
-    if len(outputs) == 1:
-        return outputs[0]
-    order = torch.cat([torch.arange(q.shape[1])[h] for h in groups.values()])
-    return torch.cat(outputs, dim=1)[:, torch.argsort(order).to(q.device)]
+    for (factor, _), qh, kh, vh in zip(runs, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
+        pk, pv, pmask = pool_keys(kh, vh, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens)
+        outputs.append(_fit_and_evaluate(options, qh, pk, pv, pmask, dropout_p).transpose(1, 2))
+    # Joined along heads in the (B, Nq, H, Dv) memory layout that SDPA writes and that a layer's
+    # ``transpose(1, 2).reshape(B, Nq, H·Dv)`` reads without another copy.
+    return torch.cat(outputs, dim=2).transpose(1, 2)
 
 
 def softmax_attention(
