@@ -1,4 +1,4 @@
-"""Every attention of SPEC.md as one composition: a data selection, a normalisation, a kernel.
+"""Every attention of docs/theory.md as one composition: a data selection, a normalisation, a kernel.
 
     selection      all keys | pooled per head (SH, factor r_h) | a sliding window (sparse)
     normalisation  none | BN (statistics of the keys that this head's SVR is fitted on)
@@ -8,35 +8,7 @@ The named functions below are those compositions; :func:`attention` picks one by
 Tensors are ``(batch, heads, seq, head_dim)``; ``key_padding_mask`` is bool ``(batch, seq_k)``, True
 where a key is padding (as in ``nn.MultiheadAttention``). A query that sees no valid key returns 0.
 
-Hostile inputs. Shapes, dtypes, devices, the mask and the options are checked (a ValueError or TypeError
-names the argument). Values are not: a finiteness check would cost a pass over q, k, v and a device sync on
-every call. What happens instead:
-
-* NaN propagates: an output it can reach is NaN, never another finite number, and it reaches only its own
-  sample and head: a NaN query its own row; a NaN key or value any row of its head, even from a padded,
-  future or out-of-window position, since those are excluded by -inf scores and zero weights and
-  ``NaN - inf = 0 · NaN = NaN``. So padding must hold finite values: the data loaders write 0 there, and the
-  models zero padded steps before the first layer.
-* ±Inf does the same where it makes a score or a sum NaN, and gives the limit where the formula has one
-  (a key whose score is -Inf gets weight 0).
-* A query with no valid key returns 0 (NaN for a NaN query under the linear kernel). Empty batches, no
-  queries and sequences of length 1 give outputs of the matching shape.
-* Magnitude: softmax subtracts each row's largest score and BN accumulates its statistics in at least
-  float32 (causal prefix statistics in float64, except on MPS), so the softmax-kernel variants (BN and SH
-  included) give finite outputs equal to the reference to rounding for inputs of magnitude 1e4 in float32
-  and bfloat16. BN's scores reach the fused kernel as ``(q - βμ)/s²`` and ``k - m`` (m: the mean of all valid
-  keys) rounded to the inputs' dtype, so their error is ``eps(dtype)`` times the size S of
-  ``Σ_d |x̂(q)_d| |k_d - m_d| / (s_d √D)``, the scores' size (a causal prefix far from m: more). A nearly
-  constant key feature (few keys: a causal prefix, an SH head pooled to two keys) makes S large, and the
-  output's error then grows with it: at most ``eps(dtype) · S / 2`` of the values' range where S >= 10 (measured
-  over random problems; bfloat16: 0.4% per unit of S; compute in float32 where that matters). Limits: BN's
-  variance overflows float32 for keys beyond about 1e18 (its scores then flatten to 0). The linear kernel evaluates
-  ``Φ = elu + 1`` as ``exp(x)`` for ``x <= 0`` (no cancellation) and rescales each query whose features are
-  all negative (the ratio ignores the scale), so linear-BN against keys of (near) zero variance gives the
-  mean value as the formula does; a key whose features all lie below about -87 (float32, bfloat16) has
-  ``Φ = 0`` and is ignored. In float16 (largest 65504) the linear kernel's sums overflow for inputs of
-  magnitude about 30.
-* SH factors larger than the sequence pool it into one key, as a factor equal to its length does.
+Hostile inputs (NaN, Inf, empty inputs, magnitudes) and floating-point accuracy: docs/numerics.md.
 """
 
 from __future__ import annotations
