@@ -1,4 +1,4 @@
-"""Hostile inputs to the attention layers: the behaviour documented in :mod:`primaldual.functional.variants`.
+"""Hostile inputs to the attention layers: the behaviour documented in docs/numerics.md.
 
 NaN and Inf (in valid and padded positions), magnitudes 1e-4..1e4 in float32 and bfloat16, empty batches,
 sequences of length 1, rows whose keys are all padding, huge SH factors, mismatched dtypes and devices, bad
