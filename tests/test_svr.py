@@ -1,4 +1,4 @@
-"""SPEC §1 made executable: a real ε-SVR's support vector expansion is attention, primal equals dual."""
+"""The framework (docs/theory.md) made executable: a real ε-SVR's support vector expansion is attention, primal equals dual."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_fit_without_scikit_learn_says_how_to_install(monkeypatch: pytest.Monkey
         SVRAttention().fit(keys, targets)
 
 
-# Attention-BN and Attention-SH as SVRs (SPEC §3). scikit-learn is fitted on the Gram matrices of the plain
+# Attention-BN and Attention-SH as SVRs (docs/framework.md). scikit-learn is fitted on the Gram matrices of the plain
 # formulas (analysis.framework.plain_problem: functional.reference's pooling and statistics, numpy kernels);
 # SVRAttention fits its own and predicts through the fused layer. Both stop libsvm at KKT violation TOL; two
 # stopped solutions of one problem give predictions within a few TOL of each other (measured <= 3.5 TOL over

@@ -1,4 +1,4 @@
-"""The framework made executable (SPEC.md §1, §3): fit a real ε-SVR, evaluate it as attention.
+"""The framework made executable (docs/theory.md, docs/framework.md): fit a real ε-SVR, evaluate it as attention.
 
 An ε-SVR on training pairs ``(k_j, y_j)`` with the normalised kernel ``K(x, y) = Φ(x)ᵀΦ(y) / (h(x) h(y))``
 has the support vector expansion (dual form)
@@ -6,7 +6,7 @@ has the support vector expansion (dual form)
     f(q) = Σ_j (α_j − α̃_j) K(q, k_j) + b = Σ_j [Φ(q)ᵀΦ(k_j) / h(q)] v_j + b,   v_j = (α_j − α̃_j) / h(k_j)
 
 which, for ``Φ(x)ᵀΦ(y) = exp(xᵀy/√D)`` and ``h(x) = Σ_j Φ(x)ᵀΦ(k_j)``, is softmax attention of the queries
-on the keys with values ``v_j``. The new layers of SPEC §3 are the same expansion of other primals:
+on the keys with values ``v_j``. The new layers (Attention-BN, Attention-SH) are the same expansion of other primals:
 
 * Attention-BN: the primal applies a batch-normalisation layer to its input, ``x̂ = (x − βμ) ⊘ s`` with μ and
   ``s = sqrt(var + eps)`` the (population) statistics of the training keys; the kernel is
@@ -127,7 +127,7 @@ def training_set(
 
 
 class SVRAttention:
-    """ε-SVR with the normalised kernel of SPEC §1, one problem per output coordinate, evaluated as attention.
+    """ε-SVR with the normalised kernel of docs/theory.md, one problem per output coordinate, evaluated as attention.
 
     ``K(x, y) = Φ(x̂)ᵀΦ(ŷ) / (h(x) h(y))`` with, for ``kernel="softmax"``, ``Φ(x)ᵀΦ(y) = exp(xᵀy/√D)`` and
     ``h(x) = Σ_j Φ(x̂)ᵀΦ(k̂_j)``; for ``kernel="linear"``, ``Φ(x) = elu(x) + 1`` and ``h(x) = Φ(x̂)ᵀ Σ_j Φ(k̂_j)``

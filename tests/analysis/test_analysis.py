@@ -244,7 +244,7 @@ def test_softmax_against_itself_and_its_flop_count(tmp_path):
 
 
 def test_sh_flops_ratio_matches_mean_inverse_scale():
-    # SPEC §3: the attention FLOPs of (1, 2, 4, 8) fall to mean(1/r) = 0.47; 1001 has partial windows
+    # docs/theory.md: the attention FLOPs of (1, 2, 4, 8) fall to mean(1/r) = 0.47; 1001 has partial windows
     core = efficiency(["sh", "bn+sh"], [256, 1001, 4096], scopes=("core",), measure=("flops",), dim=8, num_heads=4)
     for row in core:
         assert row["peak_bytes"] is None and row["seconds"] is None

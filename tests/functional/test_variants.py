@@ -1,4 +1,4 @@
-"""Every fast path against the plain formula of SPEC.md (functional.reference), forward and backward."""
+"""Every fast path against the plain formula (functional.reference, docs/theory.md), forward and backward."""
 
 import pytest
 import torch
@@ -270,7 +270,7 @@ def test_sh_pools_keys_by_the_head_factor():
 
 
 def test_bn_equals_softmax_on_explicitly_normalised_inputs():
-    """SPEC's identity: Attention-BN is softmax attention on x̂(q), x̂(k)."""
+    """The shift identity: Attention-BN is softmax attention on x̂(q), x̂(k)."""
     q, k, v = make_inputs(torch.float64)
     mean = k.mean(2, keepdim=True)
     std = (k.var(2, unbiased=False, keepdim=True) + 1e-5).sqrt()

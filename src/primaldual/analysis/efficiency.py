@@ -3,7 +3,7 @@
 Three scopes, each measured for every variant side by side with softmax in the same run:
 
 * ``core``: the attention kernel alone, :func:`primaldual.functional.attention` on q, k, v ``(B, H, N, D)``
-  (forward). SPEC's ``mean_h 1/r_h`` FLOPs saving of SH is a statement about this scope.
+  (forward). SH's ``mean_h 1/r_h`` FLOPs saving (docs/theory.md) of SH is a statement about this scope.
 * ``layer``: one :class:`primaldual.Attention` forward on x ``(B, N, dim)``: the core plus the qkv and output
   projections, which every variant pays in full, so ratios move towards 1.
 * ``step``: one training step of a :class:`~primaldual.models.SequenceClassifier` (forward, cross-entropy,

@@ -1,4 +1,4 @@
-"""Head redundancy (SPEC.md §4): how alike the heads of one layer are, read from a model with hooks.
+"""Head redundancy (docs/theory.md): how alike the heads of one layer are, read from a model with hooks.
 
 Hooks on each :class:`primaldual.Attention` layer record what its forward computes anyway: the queries and
 keys handed to the attention kernel (outputs of ``q_norm`` / ``k_norm``), the per-head outputs (input of

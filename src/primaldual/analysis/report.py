@@ -309,7 +309,7 @@ def cost_tables(rows: Sequence[Mapping[str, Any]], absolute: bool = False) -> st
         columns = [("attention", "attention"), ("N", "length"), ("counted", "flops_ratio"),
                    ("analytic", "analytic_flops_ratio"),
                    ("rel. difference", lambda r: r["flops_ratio"] / r["analytic_flops_ratio"] - 1)]
-        parts.append("SH FLOPs ratio, counted versus analytic (core scope; SPEC §3: mean over heads of 1/r):\n\n"
+        parts.append("SH FLOPs ratio, counted versus analytic (core scope; docs/theory.md: mean over heads of 1/r):\n\n"
                      + markdown(analytic, columns))
     return "\n".join(parts)
 
@@ -359,7 +359,7 @@ def _report_text(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> 
     out += [
         "## Cost versus sequence length\n",
         "Ratios to softmax attention on the same shapes, measured side by side. `core`: the attention kernel alone "
-        "(SPEC's FLOPs saving of SH applies here); `layer`: one Attention forward, qkv and output projections "
+        "(SH's FLOPs saving, mean over heads of 1/r, applies here); `layer`: one Attention forward, qkv and output projections "
         "included; `step`: one training step of a SequenceClassifier. FLOPs from PyTorch's FlopCounterMode "
         "(matrix products and attention kernels; elementwise work such as BN statistics and pooling is not counted).\n",
         cost_tables(content["efficiency"]),

@@ -1,4 +1,4 @@
-"""The formulas of SPEC.md written out plainly: N×N score matrices, explicit loops, no fused kernels.
+"""The formulas of docs/theory.md written out plainly: N×N score matrices, explicit loops, no fused kernels.
 
 This is the one place the formulas live as written; the fast paths are tested against it and the
 benchmarks use it as the baseline. Nothing here is meant to be fast. Shapes: q ``(B, H, Nq, D)``,
@@ -53,7 +53,7 @@ def softmax_weights(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
 def softmax_attention(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, *, causal: bool = False, window: int | None = None
 ) -> Tensor:
-    """``f(q_i) = Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys (the dual of SPEC §1)."""
+    """``f(q_i) = Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys (the dual form of docs/theory.md)."""
     allowed = allowed_matrix(q.shape[2], k.shape[2], key_padding_mask, q.shape[0], causal=causal, window=window)
     return softmax_weights(q, k, allowed) @ v
 
