@@ -8,13 +8,16 @@ MiniRocket (:mod:`primaldual.training.benchmark`), then the report (:mod:`primal
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .files import atomic_write
 from .functional import PAPER_VARIANTS
 
 DEFAULT_OUTPUT = "results/uea-benchmark"
@@ -76,12 +79,16 @@ def run(command: str, options: dict[str, Any]) -> None:
     root = options["root"]
     datasets = options["datasets"] or (multivariate_sets(root) if root else _bundled_order(multivariate_sets()))
     overrides = _read_overrides(options["config"])
+    invocation = Path(options["output"]) / "invocation.json"
     if not options["report_only"]:
         benchmark(datasets, options["attention"], options["seeds"], options["output"], folds=options["folds"],
                   workers=options["workers"], root=root, overrides=overrides, minirocket=options["minirocket"],
                   measure=head_measure, log=lambda line: print(line, flush=True))
-    command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(f"report: {benchmark_report(options['output'], command=command_line, wall_seconds=time.monotonic() - started)}")
+        command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        atomic_write(invocation, json.dumps({"command": command_line, "wall_seconds": time.monotonic() - started,
+                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+    made = json.loads(invocation.read_text()) if invocation.is_file() else {}
+    print(f"report: {benchmark_report(options['output'], command=made.get('command'), wall_seconds=made.get('wall_seconds'))}")
 
 
 def _bundled_order(names: list[str]) -> list[str]:

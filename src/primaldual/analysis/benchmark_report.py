@@ -268,7 +268,7 @@ def summary_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str
     """summary.md: both protocols' accuracy tables, average ranks, Wilcoxon p-values, cost and redundancy."""
     parts = ["# UEA benchmark: test accuracy (%), mean ± std over seeds\n"]
     if command:
-        took = "" if wall_seconds is None else f" ({wall_seconds / 60:.1f} min for this invocation)"
+        took = "" if wall_seconds is None else f" ({wall_seconds / 60:.1f} min, its last invocation that ran jobs)"
         parts.append(f"Made by `{command}`{took}.\n")
     for protocol in PROTOCOLS:
         label = {"train-only": "epoch chosen by cross-validation on the training file; the headline",
