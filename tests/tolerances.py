@@ -112,3 +112,147 @@ def assert_close_normwise(actual: Tensor, expected: Tensor, atol: float, msg: st
     error = (actual.double() - expected.double()).abs()
     worst = error.amax().item() if error.numel() else 0.0
     assert worst <= atol, f"{msg}: largest error {worst:.3g} > bound {atol:.3g} ({worst / atol:.2f}x)"
+
+
+def output_scale(output: Tensor, values: Tensor) -> float:
+    """The scale of an attention output: its largest exact magnitude, and at least that of its terms,
+    ``max |values|`` (an output is a convex combination of values: where they cancel, the fast path keeps rounding
+    noise of the values' size, as for :func:`gradient_scale`)."""
+    largest = values.double().abs().amax().item() if values.numel() else 0.0
+    return max(output.double().abs().amax().item() if output.numel() else 0.0, largest)
+
+
+def range_atol(dtype: torch.dtype, terms: int, scale: float) -> float:
+    """How far a computed convex combination of ``terms`` numbers of magnitude at most ``scale`` can leave their
+    range: the weighted sum and the sum of the weights (non-negative, whatever their rounding) each within
+    ``γ_n ≈ n · eps_acc`` of exact (Higham's Theorem 4.4), their ratio within ``2 γ_n``, and two roundings to
+    the dtype (SH's pooled values, the output): ``(2 · eps + 2 · n · eps_acc) · scale``. It holds whatever
+    the weights' error, so it bounds an output where :func:`attention_atol` bounds nothing (scores of 1e8)."""
+    return (2 * eps(dtype) + 2 * max(terms, 1) * eps(accumulation_dtype(dtype))) * scale
+
+
+def kernel_terms(
+    q: Tensor,
+    k: Tensor,
+    mask: Tensor | None = None,
+    *,
+    kernel: str = "softmax",
+    bn: bool = False,
+    scales: tuple[int, ...] | None = None,
+    num_prefix_tokens: int = 0,
+    causal: bool = False,
+    window: int | None = None,
+    eps: float = 1e-5,
+    mean_weight: float = 1.0,
+):
+    """Per sample and head (and query row, causal BN), in float64: the magnitudes |q̂| ``(n, D)``, |k̂| ``(m, D)``
+    of the kernel's inputs and which pairs are allowed ``(n, m)``, as the fast path forms them: keys pooled by the
+    head's factor, then BN's ``(q - βμ)/s²`` against ``k - m`` (m the mean of all valid keys; ``x̂`` on both sides
+    for the linear kernel). Each side's term is the size of what was rounded on the way: ``|q - βμ| + β|μ|`` (μ
+    is rounded to the dtype), and ``|k - m|`` plus ``|k|`` for pooled keys (a window's mean is rounded before
+    BN's statistics see it). A BN row that sees one key is skipped: its output is that key's value, whatever
+    the query (the fast path gives it weight 1). The same terms as tests/functional/test_variants.py's, for any
+    variant and options."""
+    from primaldual.functional import reference as R
+
+    q, k = q.double(), k.double()
+    p = num_prefix_tokens
+    for b in range(q.shape[0]):
+        valid = torch.ones(k.shape[2], dtype=torch.bool) if mask is None else ~mask[b]
+        for h in range(q.shape[1]):
+            pooled = scales is not None and min(scales[h], k.shape[2] - p) > 1
+            keys, keep = (k[b, h], valid) if scales is None else R.pool(k[b, h], valid, scales[h], p)
+            if not keep.any():
+                continue
+            if not bn:
+                allowed = keep[None, :].expand(q.shape[2], -1)
+                i, j = torch.arange(q.shape[2])[:, None], torch.arange(len(keep))[None, :]
+                if causal:
+                    allowed = allowed & (j <= i)
+                if window is not None:
+                    allowed = allowed & ((i - j).abs() <= window)
+                yield q[b, h].abs(), keys.abs(), allowed
+                continue
+            centre = keys[keep].mean(0)
+            rows = ([(q[b, h, i : i + 1], keep & (torch.arange(len(keep)) <= i)) for i in range(q.shape[2])]
+                    if causal else [(q[b, h], keep)])
+            for queries, visible in rows:
+                if visible.sum() <= 1:
+                    continue
+                mean, std = R.key_statistics(keys, visible, eps)
+                q_term = (queries - mean_weight * mean).abs() + abs(mean_weight) * mean.abs()
+                k_rounded = keys.abs() if pooled else 0.0
+                if kernel == "linear":
+                    yield q_term / std, ((keys - mean_weight * mean).abs() + k_rounded) / std, visible[None, :]
+                else:
+                    yield q_term / std**2, (keys - centre).abs() + k_rounded, visible[None, :]
+
+
+def kernel_size(q: Tensor, k: Tensor, mask: Tensor | None = None, **options) -> float:
+    """S of :func:`attention_atol` for the kernel's inputs of :func:`kernel_terms` (same options): the scores'
+    term size (:func:`score_size`), or Φ's (:func:`exp_size`, the largest |input| over allowed keys) for the
+    linear kernel."""
+    terms = list(kernel_terms(q, k, mask, **options))
+    if options.get("kernel", "softmax") == "linear":
+        return max((max(exp_size(a), exp_size(b[m.any(0)])) for a, b, m in terms), default=0.0)
+    return max((score_size(a, b, m) for a, b, m in terms), default=0.0)
+
+
+def rounded_inputs(kernel: str = "softmax", bn: bool = False, pooled: bool = False) -> int:
+    """``r`` of :func:`attention_atol`: 2 for BN (``(q - βμ)/s²``, ``k - m``) and the linear kernel (Φ(q), Φ(k)),
+    1 for pooled keys, 0 for softmax on q and k as given."""
+    return 2 if bn or kernel == "linear" else 1 if pooled else 0
+
+
+def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **options) -> dict:
+    """``size``, ``head_dim``, ``length`` and ``rounded_inputs`` of :func:`attention_atol` for a call of
+    ``primaldual.functional.attention(q, k, v, variant, key_padding_mask=mask, **options)`` (``variant`` a name or
+    an ``AttentionOptions``)."""
+    from primaldual.functional import AttentionOptions, get_variant
+
+    if isinstance(variant, AttentionOptions):
+        options = dict(scales=variant.scales, window=variant.window, eps=variant.eps, mean_weight=variant.mean_weight,
+                       causal=variant.causal, num_prefix_tokens=variant.num_prefix_tokens) | options
+        variant = variant.variant
+    spec = get_variant(variant)
+    kw = dict(kernel=spec.kernel, bn=spec.bn, scales=options.get("scales") if spec.pooled else None,
+              num_prefix_tokens=options.get("num_prefix_tokens") or 0, causal=bool(options.get("causal")),
+              window=options.get("window") if spec.windowed else None, eps=options.get("eps", 1e-5),
+              mean_weight=options.get("mean_weight", 1.0))
+    return dict(size=kernel_size(q, k, mask, **kw), head_dim=q.shape[-1], length=k.shape[2],
+                rounded_inputs=rounded_inputs(spec.kernel, spec.bn, spec.pooled))
+
+
+def parameter_sensitivity(model: torch.nn.Module, *inputs: Tensor) -> float:
+    """``max_c Σ_θ |θ| |∂y_c/∂θ|`` over the outputs y_c of ``model(*inputs)`` and every parameter θ: the first-order
+    change of an output when every parameter moves by at most its own magnitude times 1 (see :func:`model_atol`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = model(*inputs).reshape(-1)
+    worst = 0.0
+    for c in range(out.numel()):
+        grads = torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
+        total = sum((p.detach().double().abs() * g.double().abs()).sum().item() for p, g in zip(params, grads)
+                    if g is not None)
+        worst = max(worst, total)
+    return worst
+
+
+def model_atol(dtype: torch.dtype, sensitivity: float, *, reduction: int, size: float = 0.0, length: int = 1,
+               evaluations: int = 2) -> float:
+    """Absolute tolerance between ``evaluations`` float evaluations of one network (other shapes, other blockings)
+    whose outputs have parameter sensitivity ``sensitivity`` (:func:`parameter_sensitivity`).
+
+    Rounding model (first order). A matrix product of reduction length K is backward stable: its computed value
+    is the exact product of the weights perturbed relatively by ``γ_K`` (Higham's Theorem 3.5; ``√K · eps_acc``
+    for errors of random sign, Wilkinson's rule as in :func:`attention_atol`). Every other operation between two
+    weights (normalisation, activation, attention, residual sums) returns its result with a relative error, which,
+    multiplied by the next weight, is a relative perturbation of that weight's column. Per weight the relative
+    perturbation is at most the attention law's factor with the linear layers' sums added,
+    ``eps · (r·S + 1) + eps_acc · (√K·S + √K + √N)``, with K the longest reduction (``reduction``: the widest layer, the head dimension), N the sequence ``length``, S the
+    largest score-term size of the network's attention calls (:func:`variant_law`) and r = 2; so the output moves
+    by at most that factor times ``Σ_θ |θ| |∂y/∂θ|``. Each of the evaluations is that close to the exact network:
+    ``evaluations`` of them differ by at most ``evaluations`` times as much."""
+    acc = eps(accumulation_dtype(dtype))
+    factor = eps(dtype) * (2 * size + 1) + acc * (math.sqrt(max(reduction, 1)) * size + math.sqrt(max(reduction, 1))
+                                                  + math.sqrt(max(length, 1)))
+    return evaluations * factor * max(sensitivity, torch.finfo(torch.float64).tiny)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from primaldual import functional as F
 from primaldual.functional import reference as R
+from tests import tolerances as T
 
 
 @st.composite
@@ -20,6 +21,10 @@ def problems(draw):
     scales = tuple(draw(st.lists(st.integers(1, 5), min_size=heads, max_size=heads)))
     return q, k, v, mask, scales
 
+
+# the variant and options behind each pair, for the error law of tests/tolerances.py
+NAMES = [("softmax", {}), ("linear", {}), ("bn", {}), ("sh", "scales"), ("bn+sh", "scales"), ("linear-sh", "scales"),
+         ("sparse", {"window": 1})]
 
 FAST_AND_REFERENCE = [
     (lambda q, k, v, m, s: F.softmax_attention(q, k, v, m), lambda q, k, v, m, s: R.softmax_attention(q, k, v, m)),
@@ -36,11 +41,15 @@ FAST_AND_REFERENCE = [
 @given(problems())
 def test_fast_paths_equal_reference_on_random_problems(problem):
     q, k, v, mask, scales = problem
-    for fast, ref in FAST_AND_REFERENCE:
+    for (name, options), (fast, ref) in zip(NAMES, FAST_AND_REFERENCE):
         out = fast(q, k, v, mask, scales)
         assert out.shape == (*q.shape[:3], v.shape[-1])
         assert torch.isfinite(out).all()
-        torch.testing.assert_close(out, ref(q, k, v, mask, scales), rtol=1e-8, atol=1e-9)
+        expected = ref(q, k, v, mask, scales)
+        # float64 against float64: the law with eps(float64) for both, S the kernel's term size on this problem
+        law = T.variant_law(name, q, k, mask, **({"scales": scales} if options == "scales" else options))
+        atol = T.attention_atol(torch.float64, law.pop("size"), T.output_scale(expected, v), **law)
+        T.assert_close_normwise(out, expected, atol, name)
 
 
 @settings(max_examples=25, deadline=None)
