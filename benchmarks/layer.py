@@ -11,17 +11,24 @@ For each width × heads (``--shapes``), each length N with ``--tokens`` = batch 
 
 the layers (same weights, same input) run interleaved after warm-up, ``--repeats`` rounds of one call each, and
 the median time of each variant is reported with its ratio to the softmax layer's. ``flops`` is the variant's
-analytic forward FLOPs ratio (projections included), the floor a ratio can reach. Writes ``layer.{json,csv,md}``.
+analytic forward FLOPs ratio (projections included), the floor a ratio can reach; ``backend`` the SDPA
+implementation(s) its forward reached (flash, memory-efficient, cudnn, math; ``flash-cpu`` on a CPU), read from
+the profiler. Writes ``layer.{json,csv,md}``.
+
+    python -m benchmarks.layer --device cuda --dtype bfloat16 --output runs/benchmarks/cuda   # on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import publish
@@ -78,6 +85,39 @@ def flops(layer: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+# The ATen ops behind F.scaled_dot_product_attention, by the backend each one is.
+SDPA_BACKENDS = {
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash-cpu",
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_efficient_attention": "memory-efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+}
+
+
+def sdpa_backends(layer: nn.Module, x: torch.Tensor) -> str:
+    """The SDPA backends one forward of ``layer`` on ``x`` reached, e.g. ``"flash"``, ``"flash+math"``."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x)
+    reached = {SDPA_BACKENDS[e.name] for e in prof.events() if e.name in SDPA_BACKENDS}
+    return "+".join(sorted(reached)) or "none"
+
+
+def interleaved(calls: dict[str, Callable[[], None]], device: torch.device, repeats: int, clock: str) -> dict[str, float]:
+    """Median seconds per call over ``repeats`` rounds calling each in turn: wall time (``interleaved_seconds``), or
+    with ``clock="process"`` this process's CPU time, which time spent descheduled on a shared machine does not
+    inflate (one thread: no waiting at a parallel region's barrier either)."""
+    if clock == "wall":
+        return interleaved_seconds(calls, device, repeats)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, run in calls.items():
+            start = time.process_time()
+            run()
+            times[name].append(time.process_time() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def benchmark(
     shapes: Sequence[tuple[int, int]] = ((128, 4), (96, 6)),
     lengths: Sequence[int] = LENGTHS,
@@ -89,6 +129,7 @@ def benchmark(
     dtype: torch.dtype = torch.float32,
     warmup: int = 2,
     repeats: int = 9,
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """One row per (shape, mode, length, variant): median seconds and the ratio to the softmax layer."""
     dev = torch.device(device)
@@ -103,14 +144,17 @@ def benchmark(
             for _ in range(warmup):
                 for run in calls.values():
                     run()
-            seconds = interleaved_seconds(calls, dev, repeats)
-            counted = {name: flops(getattr(layer, "_orig_mod", layer), x) for name, layer in made.items()}
+            seconds = interleaved(calls, dev, repeats, clock)
+            eager = {name: getattr(layer, "_orig_mod", layer) for name, layer in made.items()}
+            counted = {name: flops(layer, x) for name, layer in eager.items()}
+            backends = {name: sdpa_backends(layer, x) for name, layer in eager.items()}
             for name in calls:
                 rows.append({
                     "dim": dim, "num_heads": num_heads, "mode": mode, "length": length, "batch_size": batch,
                     "attention": name, "device": str(dev), "dtype": str(dtype).removeprefix("torch."),
-                    "threads": torch.get_num_threads(), "seconds": seconds[name],
+                    "threads": torch.get_num_threads(), "clock": clock, "seconds": seconds[name],
                     "time_ratio": seconds[name] / seconds["softmax"], "flops_ratio": counted[name] / counted["softmax"],
+                    "backend": backends[name],
                 })
             print(f"dim {dim} heads {num_heads} {mode} N={length}: "
                   + ", ".join(f"{n} {seconds[n] / seconds['softmax']:.2f}" for n in calls), flush=True)
@@ -129,9 +173,11 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         row.update({name: f"{cell[(*key, name)]['time_ratio']:.2f}" for name in names if (*key, name) in cell})
         if (*key, "sh") in cell:
             row["sh flops"] = f"{cell[(*key, 'sh')]['flops_ratio']:.2f}"
+        row["backends"] = ", ".join(dict.fromkeys(cell[(*key, n)]["backend"] for n in ["softmax", *names]
+                                                  if (*key, n) in cell))
         pivot.append(row)
     columns = [("dim×heads", "shape"), ("mode", "mode"), ("N", "N"), ("softmax ms", "softmax ms"),
-               *((name, name) for name in names), ("sh FLOPs", "sh flops")]
+               *((name, name) for name in names), ("sh FLOPs", "sh flops"), ("SDPA backends", "backends")]
     return tables.markdown(pivot, columns)
 
 
@@ -154,12 +200,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls of every layer (default 2)")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds; the median is reported (default 9)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
+                        help="wall time, or this process's CPU time (robust on a shared CPU; default wall)")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for layer.{json,csv,md}")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = benchmark(args.shapes, args.lengths, args.modes, variants=args.attention, tokens=args.tokens,
-                     device=args.device, dtype=getattr(torch, args.dtype), warmup=args.warmup, repeats=args.repeats)
+                     device=args.device, dtype=getattr(torch, args.dtype), warmup=args.warmup, repeats=args.repeats,
+                     clock=args.clock)
     publish(rows, args.output, "layer", markdown(rows))
     return rows
 
