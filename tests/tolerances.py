@@ -151,8 +151,8 @@ def kernel_terms(
     for the linear kernel). Each side's term is the size of what was rounded on the way: ``|q - βμ| + β|μ|`` (μ
     is rounded to the dtype), and ``|k - m|`` plus ``|k|`` for pooled keys (a window's mean is rounded before
     BN's statistics see it). A BN row that sees one key is skipped: its output is that key's value, whatever
-    the query (the fast path gives it weight 1). The same terms as tests/functional/test_variants.py's, for any
-    variant and options."""
+    the query (the fast path gives it weight 1). tests/functional/test_variants.py, tests/test_hostile_inputs.py
+    and tests/models/test_sequence.py take their S from here (through :func:`variant_law`)."""
     from primaldual.functional import reference as R
 
     q, k = q.double(), k.double()
@@ -207,7 +207,8 @@ def rounded_inputs(kernel: str = "softmax", bn: bool = False, pooled: bool = Fal
 def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **options) -> dict:
     """``size``, ``head_dim``, ``length`` and ``rounded_inputs`` of :func:`attention_atol` for a call of
     ``primaldual.functional.attention(q, k, v, variant, key_padding_mask=mask, **options)`` (``variant`` a name or
-    an ``AttentionOptions``)."""
+    an ``AttentionOptions``). ``length`` is the longer of the queries and keys: an output sums over keys, a key
+    or value gradient over queries."""
     from primaldual.functional import AttentionOptions, get_variant
 
     if isinstance(variant, AttentionOptions):
@@ -219,7 +220,7 @@ def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **opt
               num_prefix_tokens=options.get("num_prefix_tokens") or 0, causal=bool(options.get("causal")),
               window=options.get("window") if spec.windowed else None, eps=options.get("eps", 1e-5),
               mean_weight=options.get("mean_weight", 1.0))
-    return dict(size=kernel_size(q, k, mask, **kw), head_dim=q.shape[-1], length=k.shape[2],
+    return dict(size=kernel_size(q, k, mask, **kw), head_dim=q.shape[-1], length=max(q.shape[2], k.shape[2]),
                 rounded_inputs=rounded_inputs(spec.kernel, spec.bn, spec.pooled))
 
 
