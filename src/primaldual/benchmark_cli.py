@@ -88,7 +88,8 @@ def run(command: str, options: dict[str, Any]) -> None:
         atomic_write(invocation, json.dumps({"command": command_line, "wall_seconds": time.monotonic() - started,
                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
     made = json.loads(invocation.read_text()) if invocation.is_file() else {}
-    print(f"report: {benchmark_report(options['output'], command=made.get('command'), wall_seconds=made.get('wall_seconds'))}")
+    summary = benchmark_report(options["output"], command=made.get("command"), wall_seconds=made.get("wall_seconds"))
+    print(f"report: {summary}")
 
 
 def _bundled_order(names: list[str]) -> list[str]:

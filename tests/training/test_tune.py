@@ -49,8 +49,9 @@ def test_tune_resumes_after_a_kill(root: Path, tmp_path: Path) -> None:
         while time.monotonic() < deadline and not ((tmp_path / "study.db").is_file() and complete(url) >= 2):
             assert process.poll() is None, "the tune process ended before it was killed"
             time.sleep(0.5)
+        time.sleep(0.5)  # into the next trial, past its first heartbeat (optuna never fails a trial that has none)
     finally:
-        process.send_signal(signal.SIGKILL)  # mid-trial, most likely: its trial stays RUNNING in the database
+        process.send_signal(signal.SIGKILL)  # mid-trial: its trial stays RUNNING in the database
         process.wait()
     done = complete(url)
     assert done >= 2
@@ -63,6 +64,7 @@ def test_tune_resumes_after_a_kill(root: Path, tmp_path: Path) -> None:
     assert best["trials"] == len(found) and 0 <= best["cv_accuracy"] <= 1
     written = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert written == {"datasets": {"ToyA": best["datasets"]["ToyA"]}} and "patch_size" in written["datasets"]["ToyA"]
+    assert (tmp_path / "trials.csv").read_text().count("COMPLETE") == done + 2
     assert tune("ToyA", tmp_path, trials=done + 2, folds=2, root=str(root), space=SPACE)["trials"] == len(found)
 
 

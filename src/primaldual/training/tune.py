@@ -7,9 +7,11 @@ best epoch of the mean curve (the epoch the train-only protocol would choose). T
 The study lives in an Optuna RDB storage, by default ``sqlite:///OUTPUT/study.db``: run again, ``tune`` loads the
 study (``load_if_exists``) and runs trials until ``trials`` of them are complete. A trial whose process was killed
 stops beating its heartbeat; the next process marks it failed after ``grace_seconds`` and runs its options again
-(``RetryFailedTrialCallback``). Several processes (``workers``, or commands on other machines given the same
-``storage`` URL, e.g. a PostgreSQL one) share the study; the last trials may overshoot ``trials`` by up to one per
-process, since each checks the count as it finishes a trial.
+(``RetryHeartbeatStaleTrialCallback``; ``RetryFailedTrialCallback`` before optuna 4.9). Optuna never fails a trial
+that has no heartbeat yet: one killed in the instant between its creation and its first beat stays RUNNING, and,
+not being complete, does not count towards ``trials``. Several processes (``workers``, or commands on other machines
+given the same ``storage`` URL, e.g. a PostgreSQL one) share the study; the last trials may overshoot ``trials`` by
+up to one per process, since each checks the count as it finishes a trial.
 """
 
 from __future__ import annotations
@@ -90,14 +92,16 @@ def _storage(url: str, grace_seconds: int) -> Any:
 
 
 def optimize(dataset: str, attention: str, trials: int, folds: int, url: str, root: str | None,
-             space: Mapping[str, Sequence[Any]], grace_seconds: int) -> int:
-    """One worker: run trials of the stored study until ``trials`` are complete; returns how many it ran."""
+             space: Mapping[str, Sequence[Any]], grace_seconds: int, seed: int) -> int:
+    """One worker: run trials of the stored study until ``trials`` are complete, sampling with a TPE sampler seeded
+    with ``seed`` (each worker its own); returns how many trials it ran."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name(dataset, attention), storage=_storage(url, grace_seconds))
+    study = optuna.load_study(study_name=study_name(dataset, attention), storage=_storage(url, grace_seconds),
+                              sampler=optuna.samplers.TPESampler(seed=seed))
     remaining = trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if remaining <= 0:
         return 0
@@ -111,8 +115,10 @@ def tune(dataset: str, output: str | Path, *, attention: str = "softmax", trials
          storage: str | None = None, workers: int = 1, root: str | None = None,
          space: Mapping[str, Sequence[Any]] | None = None, seed: int = 0, grace_seconds: int = 60) -> dict[str, Any]:
     """Run (or resume) the study of ``dataset`` until ``trials`` trials are complete, with ``workers`` processes;
-    write ``output/best.yaml`` (``datasets: {dataset: options}``, for ``primaldual benchmark --config``) and return
-    its content with the best trial's score (``cv_accuracy``), epoch, the number of trials and the storage URL. ``space``: :data:`SPACE` by default; ``seed``: of the TPE sampler of this process's first trials."""
+    write ``output/trials.csv`` (every trial: number, state, score, options) and ``output/best.yaml``
+    (``datasets: {dataset: options}``, for ``primaldual benchmark --config``); return the latter's content with
+    the best trial's score (``cv_accuracy``), its epoch, the number of trials and the storage URL.
+    ``space``: :data:`SPACE` by default; ``seed``: of the TPE sampler (worker i: ``seed + i``)."""
     import optuna
 
     if trials < 1 or workers < 1:
@@ -122,18 +128,18 @@ def tune(dataset: str, output: str | Path, *, attention: str = "softmax", trials
     url = storage or f"sqlite:///{output / 'study.db'}"
     space = dict(space or SPACE)
     optuna.create_study(study_name=study_name(dataset, attention), storage=_storage(url, grace_seconds),
-                        direction="maximize", load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed))
+                        direction="maximize", load_if_exists=True)
     arguments = (dataset, attention, trials, folds, url, root, space, grace_seconds)
     if workers == 1:
-        optimize(*arguments)
+        optimize(*arguments, seed)
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            list(pool.map(optimize, *zip(*[arguments] * workers)))
+            list(pool.map(optimize, *zip(*[arguments] * workers), [seed + i for i in range(workers)]))
     study = optuna.load_study(study_name=study_name(dataset, attention), storage=url)
     best = study.best_trial
-    options = {**options_of(best.params, load(dataset, root).max_length), "epochs": best.params.get("epochs")}
-    options = {k: v for k, v in options.items() if v is not None}
+    options = options_of(best.params, load(dataset, root).max_length)
     best_options = {"datasets": {dataset: options}}
     atomic_write(output / "best.yaml", yaml.safe_dump(best_options, sort_keys=False).encode())
+    atomic_write(output / "trials.csv", study.trials_dataframe().to_csv(index=False).encode())
     return {**best_options, "cv_accuracy": best.value, "best_epoch": best.user_attrs.get("epoch"),
             "trials": len(study.trials), "storage": url}
