@@ -61,6 +61,8 @@ def test_tune_resumes_after_a_kill(root: Path, tmp_path: Path) -> None:
     assert complete(url) == done + 2  # the study grew from where it was, by the two trials asked for
     assert len({t.number for t in found}) == len(found)  # no trial number twice
     assert not any(t.state == TrialState.RUNNING for t in found)  # the killed one was failed (and retried)
+    trained = [t for t in found if t.state == TrialState.COMPLETE and "copy_of" not in t.user_attrs]
+    assert len({tuple(sorted(t.params.items())) for t in trained}) == len(trained)  # no options trained twice
     assert best["trials"] == len(found) and 0 <= best["cv_accuracy"] <= 1
     written = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert written == {"datasets": {"ToyA": best["datasets"]["ToyA"]}} and "patch_size" in written["datasets"]["ToyA"]

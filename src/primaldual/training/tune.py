@@ -2,7 +2,9 @@
 
 Objective of a trial: the benchmark's cross-validation (:mod:`.benchmark`) with the trial's options: train on K-1
 folds of the training file, record the validation accuracy of every epoch, average the K curves, and score the
-best epoch of the mean curve (the epoch the train-only protocol would choose). The test file is never loaded.
+best epoch of the mean curve (the epoch the train-only protocol would choose). The test file is never loaded. The
+cross-validation is seeded, so options sampled again (TPE repeats itself on a small categorical space) are not
+trained again: the trial takes the earlier one's score (user attribute ``copy_of``).
 
 The study lives in an Optuna RDB storage, by default ``sqlite:///OUTPUT/study.db``: run again, ``tune`` loads the
 study (``load_if_exists``) and runs trials until ``trials`` of them are complete. A trial whose process was killed
@@ -66,11 +68,18 @@ def cross_validate(dataset: str, attention: str, options: Mapping[str, Any], fol
 
 def _objective(dataset: str, attention: str, folds: int, root: str | None, space: Mapping[str, Sequence[Any]]):
     def objective(trial: Any) -> float:
+        from optuna.trial import TrialState
+
         params = {name: trial.suggest_categorical(name, list(choices)) for name, choices in space.items()}
+        trial.set_user_attr("worker", os.getpid())
+        for earlier in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if earlier.params == params:  # the cross-validation is seeded: the same options score the same
+                trial.set_user_attr("copy_of", earlier.number)
+                trial.set_user_attr("epoch", earlier.user_attrs.get("epoch"))
+                return earlier.value
         options = options_of(params, load(dataset, root).max_length)
         score, epoch = cross_validate(dataset, attention, options, folds, root)
         trial.set_user_attr("epoch", epoch)
-        trial.set_user_attr("worker", os.getpid())
         return score
 
     return objective
