@@ -257,3 +257,116 @@ def model_atol(dtype: torch.dtype, sensitivity: float, *, reduction: int, size: 
     factor = eps(dtype) * (2 * size + 1) + acc * (math.sqrt(max(reduction, 1)) * size + math.sqrt(max(reduction, 1))
                                                   + math.sqrt(max(length, 1)))
     return evaluations * factor * max(sensitivity, torch.finfo(torch.float64).tiny)
+
+
+class _Closure(torch.nn.Module):
+    """``output(model)`` as a module with the model's parameters, for :func:`parameter_sensitivity`."""
+
+    def __init__(self, model: torch.nn.Module, output):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self) -> Tensor:
+        return self.output(self.model)
+
+
+def widest_reduction(model: torch.nn.Module) -> int:
+    """K of :func:`model_atol`: the longest reduction of ``model``'s linear layers (``in_features``, and the embedding
+    width of ``nn.MultiheadAttention``'s packed projection)."""
+    widths = [m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    widths += [m.embed_dim for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    return max(widths, default=1)
+
+
+def network_atol(dtype: torch.dtype, model: torch.nn.Module, output, *, size: float, length: int,
+                 evaluations: int = 2) -> float:
+    """:func:`model_atol` for the tensor ``output(model)`` (a callable: the compared outputs of one evaluation, e.g.
+    a host model's valid hidden states or its attention weights): its parameter sensitivity by autograd, K from
+    :func:`widest_reduction`, S the largest score-term size over the network's attention calls (both kernels of a
+    comparison see the same q and k), N the longest sequence."""
+    sensitivity = parameter_sensitivity(_Closure(model, output))
+    return model_atol(dtype, sensitivity, reduction=widest_reduction(model), size=size, length=length,
+                      evaluations=evaluations)
+
+
+class RecordSizes:
+    """Patches ``attend`` (primaldual.integrations.attend's router) in the given modules and records S
+    (:func:`variant_law`) of every attention call in :attr:`sizes`. The mask's key padding and causality are
+    those the call routes with; a prefix pattern (several new queries against a KV cache) is scored as the causal
+    call over all keys whose last rows are these queries (leading zero queries only add terms)."""
+
+    def __init__(self, *modules):
+        self.modules, self.sizes = modules, []
+
+    def __enter__(self):
+        self.patches = []
+        for module in self.modules:
+            self.patches.append((module, module.attend))
+            module.attend = self.recording(module.attend)
+        return self
+
+    def recording(self, original):
+        sizes = self.sizes
+
+        def recording(options, q, k, v, pattern=None, *, causal=False, **kwargs):
+            kind = pattern.kind if pattern is not None else "causal" if causal and q.shape[2] > 1 else "full"
+            padding = None if pattern is None else pattern.padding
+            queries = q.detach()
+            if kind != "full" and q.shape[2] != k.shape[2]:
+                lead = q.new_zeros(*q.shape[:2], k.shape[2] - q.shape[2], q.shape[3])
+                queries = torch.cat([lead, queries], 2)
+            scale = kwargs.get("scaling")
+            if scale is not None and options.spec.kernel == "softmax":
+                queries = queries * (scale * math.sqrt(q.shape[-1]))
+            causal_law = kind != "full" and options.spec.kernel == "softmax" and not options.spec.pooled
+            law_options = dict(causal=causal_law)
+            if scale is not None and options.spec.bn and options.spec.kernel == "softmax":
+                law_options["mean_weight"] = options.mean_weight * scale * math.sqrt(q.shape[-1])
+            sizes.append(variant_law(options, queries, k.detach(), padding, **law_options)["size"])
+            return original(options, q, k, v, pattern, causal=causal, **kwargs)
+
+        return recording
+
+    def __exit__(self, *exc):
+        for module, original in self.patches:
+            module.attend = original
+
+    @property
+    def size(self) -> float:
+        return max(self.sizes, default=0.0)
+
+
+def standardized_atol(dtype: torch.dtype, mean, std, largest: float, terms: int = 1) -> float:
+    """Elementwise error of ``(x - mean) / std`` computed in ``dtype`` with the statistics rounded to ``dtype``
+    (computed in float64 over ``terms`` values), against the exact standardised value: ``mean``'s rounding moves
+    it by ``eps · |mean| / std``, ``std``'s, the subtraction's and the division's by ``eps · |y|`` each (y the
+    result, at most ``largest``), the float64 sums by ``γ_n · max |x| / std``: ``eps · (|mean|/std + 3·largest)
+    + n · eps64 · (|mean|/std + largest)``, the worst channel. A mean of such values is as close to the exact
+    mean, and a population std too (std is 1-Lipschitz in the root-mean-square norm)."""
+    ratio = (torch.as_tensor(mean, dtype=torch.float64).abs() / torch.as_tensor(std, dtype=torch.float64)).max().item()
+    return eps(dtype) * (ratio + 3 * largest) + max(terms, 1) * eps(torch.float64) * (ratio + largest)
+
+
+class RecordLayerSizes:
+    """Patches ``primaldual.layers.attention`` (the call of every :class:`primaldual.Attention`) and records S
+    (:func:`variant_law`) of each call in :attr:`sizes`, as tests/models/test_sequence.py does by hand."""
+
+    def __enter__(self):
+        from primaldual import layers
+
+        self.layers, self.original, self.sizes = layers, layers.attention, []
+        original, sizes = self.original, self.sizes
+
+        def recording(q, k, v, options, key_padding_mask=None, **kwargs):
+            sizes.append(variant_law(options, q.detach(), k.detach(), key_padding_mask)["size"])
+            return original(q, k, v, options, key_padding_mask=key_padding_mask, **kwargs)
+
+        layers.attention = recording
+        return self
+
+    def __exit__(self, *exc):
+        self.layers.attention = self.original
+
+    @property
+    def size(self) -> float:
+        return max(self.sizes, default=0.0)

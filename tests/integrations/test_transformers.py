@@ -17,10 +17,25 @@ from transformers.masking_utils import AttentionMaskInterface  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 from primaldual import functional  # noqa: E402
+from primaldual.integrations import transformers as integration  # noqa: E402
 from primaldual.integrations.transformers import register  # noqa: E402
+from tests import tolerances as T  # noqa: E402
 
 ENCODER_VARIANTS = ["softmax", "bn", "sh", "bn+sh"]
-ATOL = 1e-10
+
+# Tolerances (docs/numerics.md): exact where both sides compute the same operations on the same numbers (padded
+# tokens meet only -inf scores and exact 0 weights; the same model built twice); tests/tolerances.py's network
+# law where two kernels compute one float64 formula (transformers' sdpa and eager against primaldual-softmax, a KV
+# cache against the whole sequence, causal BN whose shift takes the mean of all keys): parameter sensitivity by
+# autograd, the widest reduction, S of the attention calls (recorded), two evaluations.
+
+
+def network_atol(model, output, record, length):
+    return T.network_atol(torch.float64, model, output, size=record.size, length=length)
+
+
+def recording():
+    return T.RecordSizes(integration)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,10 +83,11 @@ def valid(x, mask):
     return x[mask.bool()]
 
 
-def equal_for_softmax_only(out, sdpa, variant):
-    """primaldual-softmax equals transformers' sdpa; every other variant differs from it."""
+def equal_for_softmax_only(out, sdpa, variant, atol):
+    """primaldual-softmax equals transformers' sdpa (within ``atol()``, the network law); every other variant
+    differs from it."""
     if variant == "softmax":
-        torch.testing.assert_close(out, sdpa, rtol=0, atol=ATOL)
+        T.assert_close_normwise(out, sdpa, atol(), "sdpa")
     else:
         assert (out - sdpa).abs().max() > 1e-2
 
@@ -92,14 +108,18 @@ def test_bert_padding_never_changes_valid_tokens(variant):
     other[mask == 0] = torch.randint(1, 40, (int((mask == 0).sum()),))
     a = model(ids, attention_mask=mask).last_hidden_state
     b = model(other, attention_mask=mask).last_hidden_state
-    torch.testing.assert_close(valid(a, mask), valid(b, mask), rtol=0, atol=ATOL)
+    torch.testing.assert_close(valid(a, mask), valid(b, mask), rtol=0, atol=0)  # exact: see above
 
 
 @pytest.mark.parametrize("variant", ENCODER_VARIANTS)
 def test_bert_softmax_equals_sdpa_and_the_others_differ(variant):
     (ids, mask), reference = bert_inputs(), bert("sdpa")
     expected = valid(reference(ids, attention_mask=mask).last_hidden_state, mask)
-    equal_for_softmax_only(valid(bert(variant)(ids, attention_mask=mask).last_hidden_state, mask), expected, variant)
+    model = bert(variant)
+    with recording() as record:
+        out = valid(model(ids, attention_mask=mask).last_hidden_state, mask)
+    atol = lambda: network_atol(model, lambda m: valid(m(ids, attention_mask=mask).last_hidden_state, mask), record, 12)  # noqa: E731
+    equal_for_softmax_only(out, expected, variant, atol)
 
 
 @pytest.mark.parametrize("variant", ENCODER_VARIANTS)
@@ -123,25 +143,33 @@ def test_bert_attention_dropout_only_while_training(variant):
 @pytest.mark.parametrize("variant", ENCODER_VARIANTS)
 def test_bert_output_attentions(variant):
     (ids, mask), model = bert_inputs(), bert(variant)
-    attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
+    with recording() as record:
+        attentions = model(ids, attention_mask=mask, output_attentions=True).attentions
     assert len(attentions) == 2 and attentions[0].shape == (3, 4, 12, 12)
     for weights in attentions:
-        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 12, dtype=weights.dtype))
+        # 12 weights in [0, 1], each rounded, summed: within range_atol of 1
+        ones = torch.ones(3, 4, 12, dtype=weights.dtype)
+        T.assert_close_normwise(weights.sum(-1), ones, T.range_atol(weights.dtype, 12, 1.0), "sum of weights")
         assert (weights.permute(0, 3, 1, 2)[mask == 0] == 0).all()  # no weight on a padded key
     if variant == "softmax":
         eager = bert("sdpa")
         eager.set_attn_implementation("eager")
         expected = eager(ids, attention_mask=mask, output_attentions=True).attentions
-        for weights, reference in zip(attentions, expected):
-            torch.testing.assert_close(weights, reference, rtol=0, atol=ATOL)
+        rows = mask.bool()[:, None, :, None].expand(3, 4, 12, 12)  # the weights of valid queries
+        for i, (weights, reference) in enumerate(zip(attentions, expected)):
+            atol = network_atol(model, lambda m: m(ids, attention_mask=mask, output_attentions=True).attentions[i][rows],
+                                record, 12)
+            T.assert_close_normwise(weights[rows], reference[rows], atol, f"layer {i} weights")
 
 
 @pytest.mark.parametrize("variant", ENCODER_VARIANTS)
 def test_set_attn_implementation_switches_a_model(variant):
     (ids, mask), model = bert_inputs(), bert("sdpa")
     model.set_attn_implementation(f"primaldual-{variant}")
+    # exact: the same weights (same seed) and the same implementation on the same inputs
     torch.testing.assert_close(
-        model(ids, attention_mask=mask).last_hidden_state, bert(variant)(ids, attention_mask=mask).last_hidden_state
+        model(ids, attention_mask=mask).last_hidden_state, bert(variant)(ids, attention_mask=mask).last_hidden_state,
+        rtol=0, atol=0,
     )
 
 
@@ -165,9 +193,11 @@ def test_vit_with_a_class_token(variant):
         images = torch.randn(2, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         expected = vit("sdpa")(images).last_hidden_state
         model = vit(variant)
-        out = model(images).last_hidden_state
+        with recording() as record:
+            out = model(images).last_hidden_state
         assert out.shape == (2, 17, 32)
-        equal_for_softmax_only(out, expected, variant)
+        equal_for_softmax_only(out, expected, variant,
+                               lambda: network_atol(model, lambda m: m(images).last_hidden_state, record, 17))
         out.square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         # The registered options reach the op: the first layer's attention is the functional variant.
@@ -175,7 +205,10 @@ def test_vit_with_a_class_token(variant):
         module = model.layers[0].attention
         got = ALL_ATTENTION_FUNCTIONS[f"primaldual-{variant}"](module, q, k, v, None, scaling=8**-0.5)[0]
         options = {"scales": (1, 2, 4, 8), "num_prefix_tokens": 1} if "sh" in variant else {}
-        torch.testing.assert_close(got, functional.attention(q, k, v, variant, **options).transpose(1, 2))
+        expected = functional.attention(q, k, v, variant, **options)
+        law = T.variant_law(variant, q, k, None, **options)  # two float64 evaluations of the op: the law
+        atol = T.attention_atol(torch.float64, law.pop("size"), T.output_scale(expected, v), **law)
+        T.assert_close_normwise(got, expected.transpose(1, 2), atol, "op")
     finally:
         register(window=2)
 
@@ -186,35 +219,49 @@ def test_vit_with_a_class_token(variant):
 @pytest.mark.parametrize("variant", ["softmax", "bn"])
 def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
     model, (ids, mask) = llama(variant), llama_inputs()
-    logits = model(ids, attention_mask=mask).logits
     other = ids.clone()
     other[1, :3] = torch.tensor([5, 6, 7])  # other left padding
-    torch.testing.assert_close(valid(model(other, attention_mask=mask).logits, mask), valid(logits, mask),
-                               rtol=0, atol=ATOL)
     future = ids.clone()
     future[:, 5:] = torch.tensor([9, 10])  # other future tokens: positions <= 4 unchanged
-    torch.testing.assert_close(model(future, attention_mask=mask).logits[:, :5], logits[:, :5], rtol=0, atol=ATOL)
+    with recording() as record:
+        logits = model(ids, attention_mask=mask).logits
+        moved = model(future, attention_mask=mask).logits
+    # exact: padded tokens meet only -inf scores and exact 0 weights
+    torch.testing.assert_close(valid(model(other, attention_mask=mask).logits, mask), valid(logits, mask),
+                               rtol=0, atol=0)
+    # softmax: exact (future keys meet -inf scores); BN: the law (its shift is the mean of all keys, future ones
+    # included: docs/numerics.md)
+    atol = 0.0 if variant == "softmax" else network_atol(model, lambda m: m(ids, attention_mask=mask).logits[:, :5],
+                                                          record, 7)
+    T.assert_close_normwise(moved[:, :5], logits[:, :5], atol, "past")
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn"])
 def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
     (ids, mask), reference = llama_inputs(), llama("sdpa")
     expected = valid(reference(ids, attention_mask=mask).logits, mask)
-    equal_for_softmax_only(valid(llama(variant)(ids, attention_mask=mask).logits, mask), expected, variant)
+    model = llama(variant)
+    with recording() as record:
+        out = valid(model(ids, attention_mask=mask).logits, mask)
+    equal_for_softmax_only(out, expected, variant,
+                           lambda: network_atol(model, lambda m: valid(m(ids, attention_mask=mask).logits, mask), record, 7))
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn"])
 def test_llama_kv_cache_gives_the_logits_of_the_whole_sequence(variant):
     """Prefill, then one token, then two at once (several new queries against the cache): the same logits."""
     model, (ids, mask) = llama(variant), llama_inputs()
-    whole = model(ids, attention_mask=mask).logits
-    step = model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
-    parts = [step.logits]
-    step = model(ids[:, 4:5], attention_mask=mask[:, :5], cache=step.past_key_values, use_cache=True)
-    parts.append(step.logits)
-    step = model(ids[:, 5:], attention_mask=mask, cache=step.past_key_values, use_cache=True)
-    parts.append(step.logits)
-    torch.testing.assert_close(valid(torch.cat(parts, 1), mask), valid(whole, mask), rtol=0, atol=1e-9)
+    with recording() as record:
+        whole = model(ids, attention_mask=mask).logits
+        step = model(ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+        parts = [step.logits]
+        step = model(ids[:, 4:5], attention_mask=mask[:, :5], cache=step.past_key_values, use_cache=True)
+        parts.append(step.logits)
+        step = model(ids[:, 5:], attention_mask=mask, cache=step.past_key_values, use_cache=True)
+        parts.append(step.logits)
+    # other shapes and routes (the explicit prefix form for two new queries): two evaluations of the network law
+    atol = network_atol(model, lambda m: valid(m(ids, attention_mask=mask).logits, mask), record, 7)
+    T.assert_close_normwise(valid(torch.cat(parts, 1), mask), valid(whole, mask), atol, "cache")
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn"])
@@ -236,7 +283,8 @@ def test_llama_backward_and_output_attentions(variant):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     weights = out.attentions[0]
     assert weights.shape == (2, 4, 7, 7) and (weights.triu(1) == 0).all()  # causal
-    torch.testing.assert_close(weights[0].sum(-1), torch.ones(4, 7, dtype=weights.dtype))
+    ones = torch.ones(4, 7, dtype=weights.dtype)
+    T.assert_close_normwise(weights[0].sum(-1), ones, T.range_atol(weights.dtype, 7, 1.0), "sum of weights")
 
 
 @pytest.mark.parametrize("variant", ["sh", "bn+sh", "linear", "linear-bn"])
@@ -259,21 +307,30 @@ def test_grouped_query_attention_repeats_keys_per_group():
     q = torch.randn(2, 4, 6, 8, dtype=torch.float64)
     k, v = torch.randn(2, 2, 2, 6, 8, dtype=torch.float64).unbind(0)
     got = ALL_ATTENTION_FUNCTIONS["primaldual-bn"](Module(2, causal=True), q, k, v, None)[0]
-    expected = functional.bn_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), causal=True)
-    torch.testing.assert_close(got, expected.transpose(1, 2))
+    keys, values = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    expected = functional.bn_attention(q, keys, values, causal=True)
+    law = T.variant_law("bn", q, keys, None, causal=True)  # two float64 evaluations of the op
+    atol = T.attention_atol(torch.float64, law.pop("size"), T.output_scale(expected, v), **law)
+    T.assert_close_normwise(got, expected.transpose(1, 2), atol, "grouped")
 
 
 def test_scaling_replaces_one_over_sqrt_d():
     q, k, v = torch.randn(3, 2, 4, 6, 8, dtype=torch.float64).unbind(0)
     module, scale = Module(1), 0.9
     got = ALL_ATTENTION_FUNCTIONS["primaldual-softmax"](module, q, k, v, None, scaling=scale)[0]
-    torch.testing.assert_close(got, sdpa_attention_forward(module, q, k, v, None, scaling=scale)[0])
+    expected = sdpa_attention_forward(module, q, k, v, None, scaling=scale)[0]
+    c = scale * math.sqrt(q.shape[-1])  # the law of the score c·qᵀk/√D: q scaled by c (and β by c for BN)
+    law = T.variant_law("softmax", q * c, k, None)
+    atol = T.attention_atol(torch.float64, law.pop("size"), T.output_scale(expected, v), **law)
+    T.assert_close_normwise(got, expected, atol, "softmax scaling")
     # BN: softmax(scaling · x̂(q)ᵀx̂(k)) v, x̂ = (x - μ)/sqrt(var + eps) with the keys' statistics.
     mean, var = k.mean(2, keepdim=True), k.var(2, unbiased=False, keepdim=True) + 1e-5
     scores = scale * ((q - mean) / var.sqrt()) @ ((k - mean) / var.sqrt()).transpose(-1, -2)
     expected = (scores.softmax(-1) @ v).transpose(1, 2)
     got = ALL_ATTENTION_FUNCTIONS["primaldual-bn"](module, q, k, v, None, scaling=scale)[0]
-    torch.testing.assert_close(got, expected)
+    law = T.variant_law("bn", q * c, k, None, mean_weight=c)
+    atol = T.attention_atol(torch.float64, law.pop("size"), T.output_scale(expected, v), **law)
+    T.assert_close_normwise(got, expected, atol, "bn scaling")
     assert not torch.allclose(got, ALL_ATTENTION_FUNCTIONS["primaldual-bn"](module, q, k, v, None)[0])
     assert math.isclose(scale, 0.9)
 
