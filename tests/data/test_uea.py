@@ -13,6 +13,7 @@ from aeon.datasets import load_classification
 
 from primaldual.data.sequences import SequenceData, SequenceSplit
 from primaldual.data.uea import BUNDLED, load_uea, read_ts
+from tests import tolerances as T
 
 
 def ts_text(series, labels, *, classes=None, equal_length=True) -> str:
@@ -66,7 +67,8 @@ def test_japanese_vowels_shapes_masks_and_values(vowels_raw):
         assert split.lengths.tolist() == [a.shape[1] for a in X]
         assert split.x[split.mask].abs().sum() == 0  # padded steps are zero
         for i in (0, len(X) // 2, len(X) - 1):  # valid steps are the file's values, (length, channels)
-            torch.testing.assert_close(split.x[i, : X[i].shape[1]], torch.from_numpy(X[i].T).float())
+            # exact: the same float64 values rounded to float32 once
+            torch.testing.assert_close(split.x[i, : X[i].shape[1]], torch.from_numpy(X[i].T).float(), rtol=0, atol=0)
         assert [d.classes[c] for c in split.y.tolist()] == y.tolist()
     assert d.train.lengths.max() == 26  # padded to the test split's longest series
     assert d.train.x.dtype == torch.float32 and d.train.y.dtype == torch.int64 and d.train.mask.dtype == torch.bool
@@ -76,14 +78,18 @@ def test_japanese_vowels_normalised_with_statistics_of_the_fitting_split():
     d = load_uea("JapaneseVowels", val_fraction=0.2, seed=3)
     raw = load_uea("JapaneseVowels", val_fraction=0.2, seed=3, normalize=False)
     valid = d.train.x[~d.train.mask].double()  # (steps, channels)
-    torch.testing.assert_close(valid.mean(0), torch.zeros(12, dtype=torch.float64), atol=1e-5, rtol=0)
-    torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(12, dtype=torch.float64), atol=1e-5, rtol=0)
-    # val and test use the fitting split's statistics, not their own
     raw_valid = raw.train.x[~raw.train.mask].double()
     mean, std = raw_valid.mean(0), raw_valid.std(0, unbiased=False)
+    # float32 standardisation with float32-rounded statistics (tests/tolerances.py's standardized_atol)
+    n = len(valid)
+    atol = T.standardized_atol(torch.float32, mean, std, valid.abs().amax().item(), n)
+    T.assert_close_normwise(valid.mean(0), torch.zeros(12, dtype=torch.float64), atol, "mean")
+    T.assert_close_normwise(valid.std(0, unbiased=False), torch.ones(12, dtype=torch.float64), atol, "std")
+    # val and test use the fitting split's statistics, not their own
     for split, raw_split in ((d.val, raw.val), (d.test, raw.test)):
         expected = ((raw_split.x.double() - mean) / std).masked_fill(raw_split.mask[..., None], 0)
-        torch.testing.assert_close(split.x.double(), expected, atol=1e-5, rtol=1e-5)
+        atol = T.standardized_atol(torch.float32, mean, std, expected.abs().amax().item(), n)
+        T.assert_close_normwise(split.x.double(), expected, atol, "fitting split's statistics")
         assert not torch.allclose(split.x[~split.mask].mean(0), torch.zeros(12), atol=1e-3)
         assert torch.equal(split.mask, raw_split.mask)
 
@@ -163,7 +169,7 @@ def test_root_equal_length(tmp_path, layout):
     write_set(folder, "Toy", ts_text(train, labels), ts_text(test, test_labels))
     d = load_uea("Toy", root=tmp_path, val_fraction=0, normalize=False)
     assert (len(d.train), len(d.test), d.num_channels, d.max_length, d.classes) == (12, 6, 2, 5, ["a", "b", "c"])
-    torch.testing.assert_close(d.train.x, torch.tensor(train).transpose(1, 2).float())
+    torch.testing.assert_close(d.train.x, torch.tensor(train).transpose(1, 2).float(), rtol=0, atol=0)  # one rounding
     assert d.test.y.tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -177,12 +183,15 @@ def test_root_unequal_length_pads_to_longest_over_splits(tmp_path):
     assert d.train.lengths.tolist() == [2, 3, 4, 5] and d.test.lengths.tolist() == [7, 1]
     assert d.train.mask[0].tolist() == [False] * 2 + [True] * 5
     assert d.test.y.tolist() == [1, 0]
-    torch.testing.assert_close(d.train.x[1, :3], torch.tensor(train[1]).T.float())
+    torch.testing.assert_close(d.train.x[1, :3], torch.tensor(train[1]).T.float(), rtol=0, atol=0)  # one rounding
     assert d.train.x[d.train.mask].abs().sum() == 0 and d.test.x[d.test.mask].abs().sum() == 0
     n = load_uea("Uneq", root=tmp_path, val_fraction=0)
     valid = n.train.x[~n.train.mask].double()
-    torch.testing.assert_close(valid.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-6, rtol=0)
-    torch.testing.assert_close(valid.std(0, unbiased=False), torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    raw_valid = d.train.x[~d.train.mask].double()
+    mean, std = raw_valid.mean(0), raw_valid.std(0, unbiased=False)
+    atol = T.standardized_atol(torch.float32, mean, std, valid.abs().amax().item(), len(valid))
+    T.assert_close_normwise(valid.mean(0), torch.zeros(2, dtype=torch.float64), atol, "mean")
+    T.assert_close_normwise(valid.std(0, unbiased=False), torch.ones(2, dtype=torch.float64), atol, "std")
     assert n.train.x[n.train.mask].abs().sum() == 0
 
 
@@ -208,7 +217,8 @@ def test_missing_values_become_zero_after_normalisation_and_stay_valid(tmp_path)
     # mean 13/7 and std over the 7 observed values only (NaN excluded)
     observed = torch.tensor([1.0, 3, 3, 1, 1, 3, 1], dtype=torch.float64)
     expected = (1.0 - observed.mean()) / observed.std(unbiased=False)
-    torch.testing.assert_close(d.train.x[0, 0, 0].double(), expected, atol=1e-6, rtol=0)
+    atol = T.standardized_atol(torch.float32, observed.mean(), observed.std(unbiased=False), expected.abs().item(), 7)
+    T.assert_close_normwise(d.train.x[0, 0, 0].double(), expected, atol, "standardised")
     assert d.train.x[..., 1].abs().sum() == 0  # constant channel: centred, scaled by 1
     raw = load_uea("Gap", root=tmp_path, val_fraction=0, normalize=False)
     assert raw.train.x[0, 1, 0] == 0 and raw.train.x[0, 0, 0] == 1 and torch.isfinite(raw.train.x).all()
