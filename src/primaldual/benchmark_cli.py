@@ -45,7 +45,10 @@ def add_parsers(commands: Any) -> None:
     bench.add_argument("--config", metavar="FILE.yaml",
                        help="options over the benchmark's defaults for every dataset, and under 'datasets:' per "
                             "dataset (e.g. a tune study's best)")
-    bench.add_argument("--no-minirocket", dest="minirocket", action="store_false", help="skip MiniRocket")
+    bench.add_argument("--baselines", nargs="*", default=["minirocket"], metavar="NAME",
+                       choices=("minirocket", "multirockethydra"),
+                       help="aeon classifiers run beside, untuned: minirocket, multirockethydra (default: minirocket; "
+                            "none: no baseline)")
     bench.add_argument("--report-only", action="store_true", help="write the report of the finished jobs only")
     tune = commands.add_parser(
         "tune", help="an Optuna study of a dataset's configuration on k-fold CV of its training file",
@@ -82,7 +85,7 @@ def run(command: str, options: dict[str, Any]) -> None:
     invocation = Path(options["output"]) / "invocation.json"
     if not options["report_only"]:
         benchmark(datasets, options["attention"], options["seeds"], options["output"], folds=options["folds"],
-                  workers=options["workers"], root=root, overrides=overrides, minirocket=options["minirocket"],
+                  workers=options["workers"], root=root, overrides=overrides, baselines=options["baselines"],
                   measure=head_measure, log=lambda line: print(line, flush=True))
         command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         atomic_write(invocation, json.dumps({"command": command_line, "wall_seconds": time.monotonic() - started,

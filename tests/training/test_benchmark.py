@@ -82,12 +82,16 @@ def test_train_only_indexes_the_test_curve_at_the_cross_validated_epoch() -> Non
         protocol_accuracies(cv, test[:3])
 
 
-def test_jobs_cover_folds_seeds_and_minirocket() -> None:
+def test_jobs_cover_folds_seeds_and_baselines() -> None:
     found = jobs(["A"], ["softmax", "bn"], [0, 1, 2], folds=3)
     assert sum(j.kind == "cv" for j in found) == 6 and sum(j.kind == "seed" for j in found) == 9
     assert Job("A", "minirocket", "seed", 1) in found
+    both = jobs(["A"], ["softmax"], [0], folds=2, baselines=("minirocket", "multirockethydra"))
+    assert Job("A", "multirockethydra", "seed", 0) in both
     with pytest.raises(ValueError, match="folds"):
         jobs(["A"], ["softmax"], [0], folds=1)
+    with pytest.raises(ValueError, match="baselines"):
+        jobs(["A"], ["softmax"], [0], folds=2, baselines=("rocket",))
 
 
 def test_benchmark_end_to_end_resumes_and_reports(root: Path, tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 :func:`benchmark_report` reads ``OUTPUT/records`` and writes into ``OUTPUT``:
 
 * ``runs.csv``: one row per run and protocol: dataset, method, protocol, seed, test_accuracy (%), epoch, seconds,
-  seconds_per_epoch, params, head_l2_distance, head_cosine (MiniRocket: one row per seed, protocol ``untuned``,
-  which stands beside both protocols: it chooses nothing);
+  seconds_per_epoch, params, head_l2_distance, head_cosine (an aeon baseline: one row per seed, protocol
+  ``untuned``, which stands beside both protocols: it chooses nothing);
 * ``summary.{md,csv,json}``: mean ± std over seeds per dataset, method and protocol, with the rank of each method
   on each dataset (1 = best, ties averaged) and the average rank per protocol;
 * ``statistics.json`` and a section of ``summary.md``: Wilcoxon signed-rank p-values of each variant against
@@ -30,9 +30,8 @@ from .. import tables
 from ..files import atomic_write
 from .redundancy import head_redundancy
 
-MINIROCKET = "minirocket"  # the method name of the baseline's records (training.benchmark.MINIROCKET)
 PROTOCOLS = ("train-only", "test-selected")
-UNTUNED = "untuned"  # the protocol label of MiniRocket's rows: nothing is chosen, on any file
+UNTUNED = "untuned"  # the protocol label of the aeon baselines' rows: nothing is chosen, on any file
 BASELINE = "softmax"
 
 
@@ -52,7 +51,7 @@ def read_records(output: str | Path) -> list[dict[str, Any]]:
 
 def run_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows of runs.csv: each transformer seed run under both protocols (when its dataset and variant have
-    every cross-validation fold), each MiniRocket run once."""
+    every cross-validation fold), each baseline run once."""
     from ..training.benchmark import protocol_accuracies
 
     curves: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
@@ -64,7 +63,7 @@ def run_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for r in sorted((r for r in records if r["kind"] == "seed"), key=lambda r: (r["dataset"], r["method"], r["index"])):
         common = {"dataset": r["dataset"], "method": r["method"], "seed": r["index"], "seconds": r["seconds"]}
-        if r["method"] == MINIROCKET:
+        if "test_accuracy" in r:  # an untuned baseline (training.benchmark.BASELINES): one accuracy, no epochs
             rows.append({**common, "protocol": UNTUNED, "test_accuracy": 100 * r["test_accuracy"], "epoch": None,
                          "seconds_per_epoch": None, "params": None, "head_l2_distance": None, "head_cosine": None})
             continue
@@ -82,7 +81,7 @@ def run_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean ± sample std over seeds per (dataset, protocol, method), with the method's rank on the dataset under
-    that protocol (MiniRocket ranked in both protocols)."""
+    that protocol (the untuned baselines ranked in both protocols)."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         protocols = PROTOCOLS if row["protocol"] == UNTUNED else (row["protocol"],)
@@ -93,6 +92,7 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         accuracy = [r["test_accuracy"] for r in runs]
         out.append({
             "dataset": dataset, "protocol": protocol, "method": method, "seeds": len(runs),
+            "untuned": runs[0]["protocol"] == UNTUNED,
             "mean": statistics.fmean(accuracy), "std": statistics.stdev(accuracy) if len(runs) > 1 else math.nan,
             "seconds": statistics.fmean(r["seconds"] for r in runs),
             **{k: _mean(r[k] for r in runs) for k in ("epoch", "seconds_per_epoch", "params", "head_l2_distance",
@@ -128,7 +128,7 @@ def score_matrix(summary: Sequence[dict[str, Any]], protocol: str) -> tuple[list
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    order = ("softmax", "bn", "sh", "bn+sh", MINIROCKET)
+    order = ("softmax", "bn", "sh", "bn+sh", "minirocket")
     return (order.index(method), method) if method in order else (len(order), method)
 
 
@@ -274,7 +274,7 @@ def summary_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str
         label = {"train-only": "epoch chosen by cross-validation on the training file; the headline",
                  "test-selected": "epoch of the best test accuracy: an upper bound, for published tables only"}
         parts += [f"\n## {protocol} ({label[protocol]})\n", accuracy_table(summary, protocol),
-                  "\nMiniRocket (untuned, nothing chosen) is the same in both tables.\n"]
+                  "\nThe untuned baselines choose nothing: their columns are the same in both tables.\n"]
         rank_line = ", ".join(f"{r['method']} {r['average_rank']:.2f}" for r in ranks if r["protocol"] == protocol)
         parts.append(f"\nAverage rank over datasets (1 = best): {rank_line}.\n")
         if protocol in figures:
@@ -303,7 +303,8 @@ def claims_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str,
     attention, larger = more diverse heads) and cost (seconds per epoch and parameters, as ratios)."""
     rows = [r for r in summary if r["protocol"] == "train-only"]
     cells = {(r["dataset"], r["method"]): r for r in rows}
-    variants = sorted({r["method"] for r in rows} - {BASELINE, MINIROCKET}, key=_method_order)
+    variants = sorted({r["method"] for r in rows if not r["untuned"]} - {BASELINE}, key=_method_order)
+    baselines = sorted({r["method"] for r in rows if r["untuned"]}, key=_method_order)
     lines = ["# The paper's claims on the UEA benchmark (train-only protocol)\n",
              (f"Accuracy: two-sided Wilcoxon signed-rank test over datasets (their mean accuracies) at {alpha}; "
               "head redundancy and cost: per dataset, as ratios to softmax.\n")]
@@ -315,9 +316,9 @@ def claims_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str,
         lines.append(_ratio_claim("head L2 distance", "head_l2_distance", pairs, "more diverse heads (claimed)"))
         lines.append(_ratio_claim("seconds per epoch", "seconds_per_epoch", pairs, "slower"))
         lines.append(_ratio_claim("parameters", "params", pairs, "more parameters"))
-    minirocket = next((t for t in tests if t["protocol"] == "train-only" and t["method"] == MINIROCKET), None)
-    if minirocket is not None:
-        lines.append(f"\n## MiniRocket beside softmax\n{_accuracy_claim(MINIROCKET, minirocket, alpha)}")
+    for method in baselines:
+        test = next((t for t in tests if t["protocol"] == "train-only" and t["method"] == method), None)
+        lines.append(f"\n## {method} (untuned) beside softmax\n{_accuracy_claim(method, test, alpha)}")
     return "".join(lines)
 
 

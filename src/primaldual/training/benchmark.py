@@ -10,7 +10,7 @@ job         what it does
 ``seed-s``  trains with seed s on the whole training file, records the test accuracy of every epoch
             without acting on it (:class:`~.epochs.EpochEvaluation`), its cost, and ``measure(model,
             test batch)`` (the CLI passes head redundancy)
-``seed-s``  (method ``minirocket``) aeon's MiniRocketClassifier, untuned, seed s: fit + predict
+``seed-s``  (a method of :data:`BASELINES`) an aeon classifier, untuned, seed s: fit + predict
 ==========  ===========================================================================================
 
 The protocols (:func:`protocol_accuracies`): *train-only* is the test accuracy at the epoch where the mean of the
@@ -60,6 +60,8 @@ SETTINGS: dict[str, Any] = {
 TOKENS = 32
 CV_SEED = 0  # the seed of the fold split and of the cross-validation runs
 MINIROCKET = "minirocket"
+#: aeon's classifiers that may run beside the transformers (``aeon.classification.convolution_based``), untuned.
+BASELINES = {MINIROCKET: "MiniRocketClassifier", "multirockethydra": "MultiRocketHydraClassifier"}
 VARIANTS = PAPER_VARIANTS
 #: The bundled multivariate sets in the order the benchmark runs them (the largest last).
 DATASETS = ("JapaneseVowels", "BasicMotions", "SelfRegulationSCP1", "SelfRegulationSCP2", "FingerMovements",
@@ -70,7 +72,7 @@ Measure = Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], Mapping
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``kind`` cv (``index`` = fold), seed (``index`` = seed); ``method`` a variant or minirocket."""
+    """One unit of work: ``kind`` cv (``index`` = fold), seed (``index`` = seed); ``method`` a variant or a baseline."""
 
     dataset: str
     method: str
@@ -86,17 +88,20 @@ class Job:
 
 
 def jobs(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[int], folds: int,
-         minirocket: bool = True) -> list[Job]:
+         baselines: Sequence[str] = (MINIROCKET,)) -> list[Job]:
     """Every job of a benchmark, dataset by dataset (a worker then reuses the data it loaded)."""
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (k-fold cross-validation), got {folds}")
-    if not datasets or not seeds or not (variants or minirocket):
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ValueError(f"baselines must be among {', '.join(BASELINES)}, got {', '.join(unknown)}")
+    if not datasets or not seeds or not (variants or baselines):
         raise ValueError(f"a benchmark needs datasets, seeds and methods, got {datasets}, {seeds}, {variants}")
     out = []
     for dataset in datasets:
         out += [Job(dataset, v, "cv", k) for v in variants for k in range(folds)]
         out += [Job(dataset, v, "seed", s) for s in seeds for v in variants]
-        out += [Job(dataset, MINIROCKET, "seed", s) for s in seeds] if minirocket else []
+        out += [Job(dataset, b, "seed", s) for b in baselines for s in seeds]
     return out
 
 
@@ -182,19 +187,23 @@ def run_seed(job: Job, overrides: Mapping[str, Any], root: str | None, measure: 
     return result
 
 
-def run_minirocket(job: Job, root: str | None) -> dict[str, Any]:
-    """aeon's MiniRocketClassifier with its defaults (seed ``job.index``, one thread) on the raw series, zero-padded
-    to the longest of either file (MiniRocket takes equal lengths only; aeon's Padder pads the same way)."""
-    from aeon.classification.convolution_based import MiniRocketClassifier
+def run_baseline(job: Job, root: str | None) -> dict[str, Any]:
+    """The aeon classifier ``BASELINES[job.method]`` with its defaults (seed ``job.index``, one thread) on the raw
+    series, zero-padded to the longest of either file (the Rocket family takes equal lengths only; aeon's Padder pads
+    the same way)."""
+    from aeon.classification import convolution_based
+
+    estimator = BASELINES[job.method]
 
     data = load(job.dataset, root, normalize=False)
     x_train, x_test = (split.x.permute(0, 2, 1).numpy().astype(np.float64) for split in (data.train, data.test))
     started = time.perf_counter()
-    classifier = MiniRocketClassifier(random_state=job.index, n_jobs=1).fit(x_train, data.train.y.numpy())
+    classifier = getattr(convolution_based, estimator)(random_state=job.index, n_jobs=1)
+    classifier.fit(x_train, data.train.y.numpy())
     predicted = classifier.predict(x_test)
     seconds = time.perf_counter() - started
     return {"test_accuracy": float((predicted == data.test.y.numpy()).mean()), "seconds": seconds,
-            "config": {"estimator": "aeon.classification.convolution_based.MiniRocketClassifier", "n_jobs": 1,
+            "config": {"estimator": f"aeon.classification.convolution_based.{estimator}", "n_jobs": 1,
                        "random_state": job.index, "padded_length": data.max_length}}
 
 
@@ -209,8 +218,8 @@ def run_job(job: Job, output: str | Path, overrides: Mapping[str, Any] | None = 
         if path.is_file():
             return f"{job}: done already"
         started = time.perf_counter()
-        if job.method == MINIROCKET:
-            result = run_minirocket(job, root)
+        if job.method in BASELINES:
+            result = run_baseline(job, root)
         elif job.kind == "cv":
             result = run_cv(job, overrides or {}, root, folds)
         else:
@@ -224,7 +233,7 @@ def check_records(output: str | Path, overrides: Mapping[str, Any] | None, root:
     """ValueError when a finished transformer record under ``output`` was made with other options than these."""
     for path in sorted(Path(output).glob("records/*/*/*/record.json")):
         record = json.loads(path.read_text())
-        if record["method"] == MINIROCKET:
+        if record["method"] in BASELINES:
             continue
         data = load(record["dataset"], root)
         config = record["config"]
@@ -236,7 +245,7 @@ def check_records(output: str | Path, overrides: Mapping[str, Any] | None, root:
 
 def benchmark(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[int], output: str | Path, *,
               folds: int = 3, workers: int = 1, root: str | None = None, overrides: Mapping[str, Any] | None = None,
-              minirocket: bool = True, measure: Measure | None = None,
+              baselines: Sequence[str] = (MINIROCKET,), measure: Measure | None = None,
               log: Callable[[str], None] = print) -> list[Job]:
     """Run every job of the benchmark not yet done into ``output`` with ``workers`` processes; returns the jobs.
 
@@ -244,7 +253,7 @@ def benchmark(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    todo = jobs(datasets, variants, seeds, folds, minirocket)
+    todo = jobs(datasets, variants, seeds, folds, baselines)
     check_records(output, overrides, root)
     arguments = (output, dict(overrides or {}), root, folds, measure)
     if workers == 1:
