@@ -15,6 +15,7 @@ from primaldual.analysis.framework import (
 )
 from primaldual.functional import pool_keys, reference
 from primaldual.svr import SVRAttention, random_features
+from tests import tolerances as T
 
 N, M, D = 40, 25, 4
 
@@ -46,10 +47,17 @@ def test_predict_is_sklearn_support_vector_expansion(kernel: str, C: float, epsi
         np.testing.assert_array_equal(model.support_[:, d].numpy(), dual != 0)
         assert model.bias_[d].item() == pytest.approx(svr.intercept_[0], abs=1e-8)
     if kernel == "softmax":  # values v_j = (α_j − α̃_j) / h(k_j), b added: softmax attention written out
+        # Not the solver: two float64 evaluations of one formula, so the error law of tests/tolerances.py. h is a
+        # sum of N exponentials of scores with terms of size S (exp: a relative error (1 + √D·S)·eps each), N·eps
+        # for the sum, in each of two evaluations.
+        size = T.score_size(keys, keys)
         h = np.exp(k @ k.T / math.sqrt(D)).sum(1)
-        np.testing.assert_allclose(model.values_.numpy(), model.dual_coef_.numpy() / h[:, None], rtol=1e-12)
+        rtol = 2 * T.eps(torch.float64) * (N + 1 + math.sqrt(D) * size)
+        np.testing.assert_allclose(model.values_.numpy(), model.dual_coef_.numpy() / h[:, None], rtol=rtol)
         plain = reference.softmax_attention(queries[None, None], keys[None, None], model.values_[None, None])
-        torch.testing.assert_close(prediction, plain[0, 0] + model.bias_, rtol=0, atol=1e-10)
+        scale = T.output_scale(plain, model.values_) + model.bias_.abs().max().item()
+        atol = T.attention_atol(torch.float64, T.score_size(queries, keys), scale, head_dim=D, length=N)
+        T.assert_close_normwise(prediction, plain[0, 0] + model.bias_, atol, "softmax attention written out")
 
 
 def test_parameters_reach_the_box_bound_and_leave_non_support_vectors() -> None:
@@ -73,9 +81,15 @@ def test_linear_primal_equals_dual() -> None:
     keys, queries, targets = data()
     model = SVRAttention("linear", C=1e3, epsilon=0.01).fit(keys, targets)
     primal = model.primal_predict(queries)
-    dual = plain_kernel(queries.numpy(), keys.numpy(), "linear") @ model.dual_coef_.numpy() + model.bias_.numpy()
-    np.testing.assert_allclose(primal.numpy(), dual, rtol=0, atol=1e-10)
-    torch.testing.assert_close(primal, model.predict(queries), rtol=0, atol=1e-10)
+    kernel = plain_kernel(queries.numpy(), keys.numpy(), "linear")
+    dual = kernel @ model.dual_coef_.numpy() + model.bias_.numpy()
+    # Not the solver: the same coefficients in two orders of the same sums, so the error law of
+    # tests/tolerances.py for the linear kernel (S = the largest |input| of Φ), of the size of the sum's terms
+    size = max(T.exp_size(queries), T.exp_size(keys))
+    terms = (np.abs(kernel) @ np.abs(model.dual_coef_.numpy())).max() + model.bias_.abs().max().item()
+    atol = T.attention_atol(torch.float64, size, terms, head_dim=D, length=N, rounded_inputs=2)
+    T.assert_close_normwise(primal, torch.from_numpy(dual), atol, "primal vs dual")
+    T.assert_close_normwise(primal, model.predict(queries), atol, "primal vs predict")
 
 
 def test_random_feature_primal_error_shrinks_with_features() -> None:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from primaldual.data import images as I
+from tests import tolerances as T
 
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -310,7 +311,11 @@ def test_image_folder_loads(folder):
     reference = np.asarray(Image.open(folder / "cat" / "0.png").convert("RGB").resize((18, 18), Image.BICUBIC))
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     expected = (reference[1:17, 1:17] / 255.0 - mean) / std  # resize to 16 / 0.875, centre crop 16
-    assert np.allclose(test[0][0].permute(1, 2, 0).numpy(), expected, atol=1e-4)
+    # the same uint8 pixels; x / 255 rounded to float32, then (x - mean) / std in float32 with float32 statistics:
+    # standardized_atol, and eps · |x| / std for the division by 255
+    largest = np.abs(expected).max()
+    atol = T.standardized_atol(torch.float32, mean, std, largest) + T.eps(torch.float32) * (np.max(mean / std) + largest)
+    T.assert_close_normwise(test[0][0].permute(1, 2, 0).double(), torch.from_numpy(expected), atol, "image")
 
 
 def test_deit_transform_steps():
