@@ -169,8 +169,7 @@ def test_identical_heads_have_zero_distance_and_cosine_one_distinct_heads_do_not
     copies = head_redundancy(make_heads_identical(classifier(variant, **options)), batch)
     distinct = head_redundancy(classifier(variant, **options), batch)
     assert len(copies["layers"]) == 2
-    x, mask = batch
-    pairs = int((~mask).sum()) * 6  # valid queries x pairs of 4 heads
+    pairs = int((~batch[1]).sum()) * 6  # valid queries x pairs of 4 heads
     for row in copies["layers"]:
         # exact: identical heads are the same operations on the same numbers
         assert row["l2_distance"] == 0

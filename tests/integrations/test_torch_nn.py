@@ -50,7 +50,7 @@ def test_softmax_keeps_every_output(batch_first, mask):
         with T.RecordSizes(torch_nn) as record:
             got = converted(x, x, x, **kwargs)
         for i, part in enumerate(("output", "weights")):
-            atol = network_atol(module, lambda m: m(x, x, x, **kwargs)[i], record, 9)
+            atol = network_atol(module, lambda m, i=i, kwargs=kwargs: m(x, x, x, **kwargs)[i], record, 9)
             T.assert_close_normwise(got[i], expected[i], atol, part)
     with T.RecordSizes(torch_nn) as record:
         out, weights = converted(x, x, x, need_weights=False)
@@ -160,7 +160,7 @@ def test_nested_tensor_inputs():
     for row, got in zip(rows, out.unbind()):
         with T.RecordSizes(torch_nn) as record:
             alone = layer(row[None], row[None], row[None])[0][0]
-        atol = network_atol(layer, lambda m: m(row[None], row[None], row[None])[0][0], record, len(row))
+        atol = network_atol(layer, lambda m, row=row: m(row[None], row[None], row[None])[0][0], record, len(row))
         T.assert_close_normwise(got, alone, atol, "nested row")  # other shapes: two evaluations of the law
 
 

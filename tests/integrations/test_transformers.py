@@ -118,7 +118,10 @@ def test_bert_softmax_equals_sdpa_and_the_others_differ(variant):
     model = bert(variant)
     with recording() as record:
         out = valid(model(ids, attention_mask=mask).last_hidden_state, mask)
-    atol = lambda: network_atol(model, lambda m: valid(m(ids, attention_mask=mask).last_hidden_state, mask), record, 12)  # noqa: E731
+
+    def atol():
+        return network_atol(model, lambda m: valid(m(ids, attention_mask=mask).last_hidden_state, mask), record, 12)
+
     equal_for_softmax_only(out, expected, variant, atol)
 
 
@@ -157,8 +160,10 @@ def test_bert_output_attentions(variant):
         expected = eager(ids, attention_mask=mask, output_attentions=True).attentions
         rows = mask.bool()[:, None, :, None].expand(3, 4, 12, 12)  # the weights of valid queries
         for i, (weights, reference) in enumerate(zip(attentions, expected)):
-            atol = network_atol(model, lambda m: m(ids, attention_mask=mask, output_attentions=True).attentions[i][rows],
-                                record, 12)
+            def layer_weights(m, i=i):
+                return m(ids, attention_mask=mask, output_attentions=True).attentions[i][rows]
+
+            atol = network_atol(model, layer_weights, record, 12)
             T.assert_close_normwise(weights[rows], reference[rows], atol, f"layer {i} weights")
 
 
