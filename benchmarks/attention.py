@@ -26,14 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from primaldual.analysis.efficiency import interleaved_seconds, peak_bytes, variant_options
 from benchmarks import publish
 from primaldual import tables
+from primaldual.analysis.efficiency import interleaved_seconds, peak_bytes, variant_options
 from primaldual.functional import VARIANTS, attention, bn_normalize, default_scales, reference
 
 
 def candidates(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scales: Sequence[int], window: int, plain: bool,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    *,
+    scales: Sequence[int],
+    window: int,
+    plain: bool,
     names: Sequence[str] | None = None,
 ) -> dict[str, Callable[[], Tensor]]:
     """Name -> a call computing that attention of q, k, v ``(B, H, N, D)`` with key padding ``mask``; only
@@ -91,16 +98,16 @@ def benchmark(
     rows = []
     for length, masked in itertools.product(lengths, (False, True)):
         generator = torch.Generator().manual_seed(seed)
-        q, k, v = (torch.randn(batch_size, num_heads, length, head_dim, generator=generator).to(dev, dtype)
-                   for _ in range(3))
+        q, k, v = (
+            torch.randn(batch_size, num_heads, length, head_dim, generator=generator).to(dev, dtype) for _ in range(3)
+        )
         mask = None
         if masked:
             mask = torch.zeros(batch_size, length, dtype=torch.bool, device=dev)
             mask[::2, length - length // 4 :] = True
         for backward in (False, True):
             q, k, v = (t.detach().requires_grad_(backward) for t in (q, k, v))
-            calls = candidates(q, k, v, mask, scales=scales, window=window, plain=length <= plain_max,
-                               names=names)
+            calls = candidates(q, k, v, mask, scales=scales, window=window, plain=length <= plain_max, names=names)
             if backward:
                 calls = {name: with_backward(call, (q, k, v)) for name, call in calls.items()}
             else:
@@ -111,14 +118,23 @@ def benchmark(
             seconds = interleaved_seconds(calls, dev, repeats)
             peaks = {name: peak_bytes(call, dev) for name, call in calls.items()} if memory else {}
             for name in calls:
-                rows.append({
-                    "length": length, "masked": masked, "pass": "forward+backward" if backward else "forward",
-                    "attention": name, "batch_size": batch_size, "num_heads": num_heads, "head_dim": head_dim,
-                    "device": str(dev), "dtype": str(dtype).removeprefix("torch."),
-                    "seconds": seconds[name], "time_ratio": seconds[name] / seconds["sdpa"],
-                    "peak_bytes": peaks.get(name),
-                    "memory_ratio": peaks[name] / peaks["sdpa"] if memory and peaks["sdpa"] else None,
-                })
+                rows.append(
+                    {
+                        "length": length,
+                        "masked": masked,
+                        "pass": "forward+backward" if backward else "forward",
+                        "attention": name,
+                        "batch_size": batch_size,
+                        "num_heads": num_heads,
+                        "head_dim": head_dim,
+                        "device": str(dev),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "seconds": seconds[name],
+                        "time_ratio": seconds[name] / seconds["sdpa"],
+                        "peak_bytes": peaks.get(name),
+                        "memory_ratio": peaks[name] / peaks["sdpa"] if memory and peaks["sdpa"] else None,
+                    }
+                )
     return rows
 
 
@@ -141,8 +157,9 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         return "" if r is None else f"{r['time_ratio']:.2f}× ({1e3 * r['seconds']:.0f} ms)"
 
     pivot = [{"attention": name, **{key: timing(name, key) for key in keys}} for name in names]
-    columns = [(f"N={n}{' masked' if m else ''} {'fwd+bwd' if p != 'forward' else 'fwd'}", (n, m, p))
-               for n, m, p in keys]
+    columns = [
+        (f"N={n}{' masked' if m else ''} {'fwd+bwd' if p != 'forward' else 'fwd'}", (n, m, p)) for n, m, p in keys
+    ]
     return tables.markdown(pivot, [("attention", "attention"), *columns])
 
 
@@ -158,17 +175,31 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up calls of every candidate (default 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default 5)")
-    parser.add_argument("--plain-max", type=int, default=4096,
-                        help="longest length at which the plain N×N formulas run (default 4096)")
-    parser.add_argument("--attention", nargs="+", metavar="NAME",
-                        help="candidates besides sdpa: variants and/or plain-softmax, plain-bn (default: all)")
+    parser.add_argument(
+        "--plain-max", type=int, default=4096, help="longest length at which the plain N×N formulas run (default 4096)"
+    )
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        metavar="NAME",
+        help="candidates besides sdpa: variants and/or plain-softmax, plain-bn (default: all)",
+    )
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for attention.{json,csv,md}")
     args = parser.parse_args(argv)
     rows = benchmark(
-        args.lengths, batch_size=args.batch_size, num_heads=args.num_heads, head_dim=args.head_dim,
-        scales=args.scales, window=args.window, device=args.device, dtype=getattr(torch, args.dtype),
-        warmup=args.warmup, repeats=args.repeats, plain_max=args.plain_max, memory=args.memory,
+        args.lengths,
+        batch_size=args.batch_size,
+        num_heads=args.num_heads,
+        head_dim=args.head_dim,
+        scales=args.scales,
+        window=args.window,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        plain_max=args.plain_max,
+        memory=args.memory,
         names=args.attention,
     )
     publish(rows, args.output, "attention", markdown(rows))

@@ -41,12 +41,14 @@ MODES = ("train", "inference", "compiled-train", "compiled-inference")
 LENGTHS = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def layers(variants: Sequence[str], dim: int, num_heads: int, device: torch.device, dtype: torch.dtype,
-           compiled: bool) -> dict[str, nn.Module]:
+def layers(
+    variants: Sequence[str], dim: int, num_heads: int, device: torch.device, dtype: torch.dtype, compiled: bool
+) -> dict[str, nn.Module]:
     """One ``Attention`` layer per variant, all with the weights of the first (seeded)."""
     torch.manual_seed(0)
-    made = {name: Attention(dim, num_heads, qkv_bias=True, variant=name, device=device, dtype=dtype)
-            for name in variants}
+    made = {
+        name: Attention(dim, num_heads, qkv_bias=True, variant=name, device=device, dtype=dtype) for name in variants
+    }
     first = next(iter(made.values()))
     for layer in made.values():
         layer.load_state_dict(first.state_dict())
@@ -103,7 +105,9 @@ def sdpa_backends(layer: nn.Module, x: torch.Tensor) -> str:
     return "+".join(sorted(reached)) or "none"
 
 
-def interleaved(calls: dict[str, Callable[[], None]], device: torch.device, repeats: int, clock: str) -> dict[str, float]:
+def interleaved(
+    calls: dict[str, Callable[[], None]], device: torch.device, repeats: int, clock: str
+) -> dict[str, float]:
     """Median seconds per call over ``repeats`` rounds calling each in turn: wall time (``interleaved_seconds``), or
     with ``clock="process"`` this process's CPU time, which time spent descheduled on a shared machine does not
     inflate (one thread: no waiting at a parallel region's barrier either)."""
@@ -149,15 +153,29 @@ def benchmark(
             counted = {name: flops(layer, x) for name, layer in eager.items()}
             backends = {name: sdpa_backends(layer, x) for name, layer in eager.items()}
             for name in calls:
-                rows.append({
-                    "dim": dim, "num_heads": num_heads, "mode": mode, "length": length, "batch_size": batch,
-                    "attention": name, "device": str(dev), "dtype": str(dtype).removeprefix("torch."),
-                    "threads": torch.get_num_threads(), "clock": clock, "seconds": seconds[name],
-                    "time_ratio": seconds[name] / seconds["softmax"], "flops_ratio": counted[name] / counted["softmax"],
-                    "backend": backends[name],
-                })
-            print(f"dim {dim} heads {num_heads} {mode} N={length}: "
-                  + ", ".join(f"{n} {seconds[n] / seconds['softmax']:.2f}" for n in calls), flush=True)
+                rows.append(
+                    {
+                        "dim": dim,
+                        "num_heads": num_heads,
+                        "mode": mode,
+                        "length": length,
+                        "batch_size": batch,
+                        "attention": name,
+                        "device": str(dev),
+                        "dtype": str(dtype).removeprefix("torch."),
+                        "threads": torch.get_num_threads(),
+                        "clock": clock,
+                        "seconds": seconds[name],
+                        "time_ratio": seconds[name] / seconds["softmax"],
+                        "flops_ratio": counted[name] / counted["softmax"],
+                        "backend": backends[name],
+                    }
+                )
+            print(
+                f"dim {dim} heads {num_heads} {mode} N={length}: "
+                + ", ".join(f"{n} {seconds[n] / seconds['softmax']:.2f}" for n in calls),
+                flush=True,
+            )
     return rows
 
 
@@ -168,16 +186,28 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     cell = {(r["dim"], r["num_heads"], r["mode"], r["length"], r["attention"]): r for r in rows}
     pivot = []
     for key in keys:
-        row = {"shape": f"{key[0]}×{key[1]}", "mode": key[2], "N": key[3],
-               "softmax ms": f"{1e3 * cell[(*key, 'softmax')]['seconds']:.1f}"}
+        row = {
+            "shape": f"{key[0]}×{key[1]}",
+            "mode": key[2],
+            "N": key[3],
+            "softmax ms": f"{1e3 * cell[(*key, 'softmax')]['seconds']:.1f}",
+        }
         row.update({name: f"{cell[(*key, name)]['time_ratio']:.2f}" for name in names if (*key, name) in cell})
         if (*key, "sh") in cell:
             row["sh flops"] = f"{cell[(*key, 'sh')]['flops_ratio']:.2f}"
-        row["backends"] = ", ".join(dict.fromkeys(cell[(*key, n)]["backend"] for n in ["softmax", *names]
-                                                  if (*key, n) in cell))
+        row["backends"] = ", ".join(
+            dict.fromkeys(cell[(*key, n)]["backend"] for n in ["softmax", *names] if (*key, n) in cell)
+        )
         pivot.append(row)
-    columns = [("dim×heads", "shape"), ("mode", "mode"), ("N", "N"), ("softmax ms", "softmax ms"),
-               *((name, name) for name in names), ("sh FLOPs", "sh flops"), ("SDPA backends", "backends")]
+    columns = [
+        ("dim×heads", "shape"),
+        ("mode", "mode"),
+        ("N", "N"),
+        ("softmax ms", "softmax ms"),
+        *((name, name) for name in names),
+        ("sh FLOPs", "sh flops"),
+        ("SDPA backends", "backends"),
+    ]
     return tables.markdown(pivot, columns)
 
 
@@ -188,27 +218,51 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.layer", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[(128, 4), (96, 6)], metavar="DIMxHEADS",
-                        help="layer widths and head counts (default 128x4 96x6)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=[(128, 4), (96, 6)],
+        metavar="DIMxHEADS",
+        help="layer widths and head counts (default 128x4 96x6)",
+    )
     parser.add_argument("--lengths", nargs="+", type=int, default=list(LENGTHS), help="sequence lengths")
     parser.add_argument("--modes", nargs="+", default=["train", "inference"], choices=MODES, help="what is timed")
-    parser.add_argument("--attention", nargs="+", default=list(VARIANTS), metavar="VARIANT",
-                        help="variants beside softmax (default: bn sh bn+sh)")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="VARIANT",
+        help="variants beside softmax (default: bn sh bn+sh)",
+    )
     parser.add_argument("--tokens", type=int, default=16384, help="batch × N, fixed (default 16384)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up calls of every layer (default 2)")
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds; the median is reported (default 9)")
-    parser.add_argument("--clock", default="wall", choices=["wall", "process"],
-                        help="wall time, or this process's CPU time (robust on a shared CPU; default wall)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "process"],
+        help="wall time, or this process's CPU time (robust on a shared CPU; default wall)",
+    )
     parser.add_argument("--output", default="runs/benchmarks", help="folder for layer.{json,csv,md}")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = benchmark(args.shapes, args.lengths, args.modes, variants=args.attention, tokens=args.tokens,
-                     device=args.device, dtype=getattr(torch, args.dtype), warmup=args.warmup, repeats=args.repeats,
-                     clock=args.clock)
+    rows = benchmark(
+        args.shapes,
+        args.lengths,
+        args.modes,
+        variants=args.attention,
+        tokens=args.tokens,
+        device=args.device,
+        dtype=getattr(torch, args.dtype),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        clock=args.clock,
+    )
     publish(rows, args.output, "layer", markdown(rows))
     return rows
 

@@ -29,8 +29,10 @@ def profile_table(variant: str, length: int, *, dim: int, num_heads: int, tokens
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             run()
-    head = (f"{variant} layer, forward + backward x {steps}, width {dim}, {num_heads} heads, N = {length}, "
-            f"batch {x.shape[0]}, float32, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n")
+    head = (
+        f"{variant} layer, forward + backward x {steps}, width {dim}, {num_heads} heads, N = {length}, "
+        f"batch {x.shape[0]}, float32, {torch.get_num_threads()} threads, torch {torch.__version__}\n\n"
+    )
     return head + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows) + "\n"
 
 
@@ -51,8 +53,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for variant in args.attention:
         for length in args.lengths:
-            table = profile_table(variant, length, dim=args.shape[0], num_heads=args.shape[1], tokens=args.tokens,
-                                  steps=args.steps, rows=args.rows)
+            table = profile_table(
+                variant,
+                length,
+                dim=args.shape[0],
+                num_heads=args.shape[1],
+                tokens=args.tokens,
+                steps=args.steps,
+                rows=args.rows,
+            )
             (out / f"{variant.replace('+', '_')}-N{length}.txt").write_text(table)
             print(table.splitlines()[0], flush=True)
 

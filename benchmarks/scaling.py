@@ -17,17 +17,27 @@ from typing import Any
 
 from benchmarks import publish
 from primaldual.analysis.efficiency import SCOPES, efficiency
-from primaldual.functional import PAPER_VARIANTS
 from primaldual.analysis.report import cost_tables
+from primaldual.functional import PAPER_VARIANTS
+
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 1024, 2048, 4096], help="sequence lengths")
-    parser.add_argument("--attention", nargs="+", default=list(PAPER_VARIANTS), metavar="VARIANT",
-                        help=f"variants (softmax is always measured; default: {' '.join(PAPER_VARIANTS)})")
-    parser.add_argument("--scopes", nargs="+", default=["layer", "step"], choices=SCOPES,
-                        help="core: the kernel; layer: one Attention forward; step: a training step (default: "
-                             "layer step)")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        default=list(PAPER_VARIANTS),
+        metavar="VARIANT",
+        help=f"variants (softmax is always measured; default: {' '.join(PAPER_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--scopes",
+        nargs="+",
+        default=["layer", "step"],
+        choices=SCOPES,
+        help="core: the kernel; layer: one Attention forward; step: a training step (default: layer step)",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--dim", type=int, default=128, help="model width (default 128, LRA)")
     parser.add_argument("--num-heads", type=int, default=2, help="heads (default 2, LRA)")
@@ -36,10 +46,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median is reported (default 5)")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for scaling.{json,csv,md}")
     args = parser.parse_args(argv)
-    rows = efficiency(args.attention, args.lengths, scopes=args.scopes, batch_size=args.batch_size, dim=args.dim,
-                      num_heads=args.num_heads, depth=args.depth, scales=args.scales, repeats=args.repeats)
-    shape = (f"Batch {args.batch_size}, width {args.dim}, {args.num_heads} heads, depth {args.depth} (step), "
-             f"{rows[0]['device']}, {rows[0]['dtype']}; ratios to softmax at the same length.\n\n")
+    rows = efficiency(
+        args.attention,
+        args.lengths,
+        scopes=args.scopes,
+        batch_size=args.batch_size,
+        dim=args.dim,
+        num_heads=args.num_heads,
+        depth=args.depth,
+        scales=args.scales,
+        repeats=args.repeats,
+    )
+    shape = (
+        f"Batch {args.batch_size}, width {args.dim}, {args.num_heads} heads, depth {args.depth} (step), "
+        f"{rows[0]['device']}, {rows[0]['dtype']}; ratios to softmax at the same length.\n\n"
+    )
     publish(rows, args.output, "scaling", shape + cost_tables(rows, absolute=True))
     return rows
 

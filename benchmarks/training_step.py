@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from primaldual.analysis.efficiency import interleaved_seconds
 from benchmarks import publish
 from primaldual import tables
+from primaldual.analysis.efficiency import interleaved_seconds
 from primaldual.functional import PAPER_VARIANTS
 from primaldual.models import SequenceClassifier
 from primaldual.models.vit import vision_transformer
+
 
 def step(model: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> Callable[[], None]:
     """A closure running one AdamW training step of ``model`` on ``inputs``."""
@@ -68,34 +69,52 @@ def benchmark(
                 call()
         seconds = interleaved_seconds(calls, torch.device("cpu"), repeats)
         for variant in PAPER_VARIANTS:
-            rows.append({
-                "task": task, "attention": variant, "batch_size": batch_size,
-                "length": length if task == "timeseries" else 50, "seconds_per_step": seconds[variant],
-                "samples_per_second": batch_size / seconds[variant],
-                "time_ratio": seconds[variant] / seconds["softmax"],
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "attention": variant,
+                    "batch_size": batch_size,
+                    "length": length if task == "timeseries" else 50,
+                    "seconds_per_step": seconds[variant],
+                    "samples_per_second": batch_size / seconds[variant],
+                    "time_ratio": seconds[variant] / seconds["softmax"],
+                }
+            )
     return rows
 
 
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    return tables.markdown(rows, [
-        ("task", "task"), ("attention", "attention"), ("tokens", "length"),
-        ("ms / step", lambda r: f"{1e3 * r['seconds_per_step']:.1f}"),
-        ("samples / s", lambda r: f"{r['samples_per_second']:.1f}"), ("time / softmax", "time_ratio")])
+    return tables.markdown(
+        rows,
+        [
+            ("task", "task"),
+            ("attention", "attention"),
+            ("tokens", "length"),
+            ("ms / step", lambda r: f"{1e3 * r['seconds_per_step']:.1f}"),
+            ("samples / s", lambda r: f"{r['samples_per_second']:.1f}"),
+            ("time / softmax", "time_ratio"),
+        ],
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.training_step", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", default=["timeseries", "image"], choices=["timeseries", "image"],
-                        help="models to time (default: both)")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=["timeseries", "image"],
+        choices=["timeseries", "image"],
+        help="models to time (default: both)",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
     parser.add_argument("--length", type=int, default=512, help="time steps of the series (default 512)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per variant (default 2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds, median reported (default 7)")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for training_step.{json,csv,md}")
     args = parser.parse_args(argv)
-    rows = benchmark(args.tasks, batch_size=args.batch_size, length=args.length, warmup=args.warmup,
-                     repeats=args.repeats)
+    rows = benchmark(
+        args.tasks, batch_size=args.batch_size, length=args.length, warmup=args.warmup, repeats=args.repeats
+    )
     publish(rows, args.output, "training_step", markdown(rows))
     return rows
 

@@ -24,8 +24,15 @@ from primaldual.integrations.transformers import register
 def build(variant: str, max_length: int) -> torch.nn.Module:
     """A 2-layer BERT with ``variant`` attention (pad id 0, ten classes)."""
     config = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=max_length, num_labels=10, pad_token_id=0, hidden_dropout_prob=0.1,
+        vocab_size=len(VOCAB),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=max_length,
+        num_labels=10,
+        pad_token_id=0,
+        hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
     )
     return AutoModelForSequenceClassification.from_config(config, attn_implementation=f"primaldual-{variant}")

@@ -4,7 +4,8 @@
 #     (ATEN_CPU_CAPABILITY=default everywhere, avx2 on x86 CPUs that have AVX-512), so that a tolerance that
 #     holds only for this CPU's rounding fails here and not on someone else's machine;
 #  2. the documentation, built with mkdocs --strict (a dead link or a broken docstring reference fails);
-#  3. the whole suite at the CPU's own level, last, so that its summary line closes the output.
+#  3. ruff's lint and format checks;
+#  4. the whole suite at the CPU's own level, last, so that its summary line closes the output.
 # Any failure ends the script with a non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ echo "== mkdocs build --strict"
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
 NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict --quiet --site-dir "$site"
-# ruff: to be added here once pyproject.toml configures it
+echo "== ruff check and ruff format --check (configured in pyproject.toml)"
+"$PY" -m ruff check --quiet .
+"$PY" -m ruff format --check --quiet .
 echo "== the whole suite (ATEN_CPU_CAPABILITY: $native)"
 "$PY" -m pytest -q "$@"

@@ -8,8 +8,26 @@ from benchmarks.attention import main
 
 
 def test_attention_benchmark_writes_its_table(tmp_path):
-    rows = main(["--lengths", "32", "--batch-size", "2", "--num-heads", "4", "--head-dim", "8", "--window", "2",
-                 "--repeats", "1", "--warmup", "0", "--output", str(tmp_path)])
+    rows = main(
+        [
+            "--lengths",
+            "32",
+            "--batch-size",
+            "2",
+            "--num-heads",
+            "4",
+            "--head-dim",
+            "8",
+            "--window",
+            "2",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     saved = json.loads((tmp_path / "attention.json").read_text())
     assert saved == json.loads(json.dumps(rows))
     names = {r["attention"] for r in saved}
@@ -25,8 +43,9 @@ def test_attention_benchmark_writes_its_table(tmp_path):
 def test_training_step_benchmark_writes_its_table(tmp_path):
     from benchmarks.training_step import main as training_main
 
-    rows = training_main(["--batch-size", "2", "--length", "16", "--warmup", "0", "--repeats", "1",
-                          "--output", str(tmp_path)])
+    rows = training_main(
+        ["--batch-size", "2", "--length", "16", "--warmup", "0", "--repeats", "1", "--output", str(tmp_path)]
+    )
     saved = json.loads((tmp_path / "training_step.json").read_text())
     assert saved == json.loads(json.dumps(rows))
     assert {(r["task"], r["attention"]) for r in saved} == {
@@ -37,8 +56,28 @@ def test_training_step_benchmark_writes_its_table(tmp_path):
 
 
 def test_attention_benchmark_runs_only_the_named_candidates_beside_sdpa(tmp_path):
-    rows = main(["--lengths", "16", "--batch-size", "1", "--num-heads", "2", "--head-dim", "4", "--repeats", "1",
-                 "--warmup", "0", "--no-memory", "--attention", "bn", "plain-bn", "--output", str(tmp_path)])
+    rows = main(
+        [
+            "--lengths",
+            "16",
+            "--batch-size",
+            "1",
+            "--num-heads",
+            "2",
+            "--head-dim",
+            "4",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+            "--no-memory",
+            "--attention",
+            "bn",
+            "plain-bn",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert {r["attention"] for r in rows} == {"sdpa", "bn", "plain-bn"}
 
 
@@ -50,8 +89,23 @@ def test_attention_benchmark_names_an_unknown_candidate(tmp_path):
 def test_scaling_benchmark_writes_ratios_per_length(tmp_path):
     from benchmarks.scaling import main as scaling_main
 
-    rows = scaling_main(["--lengths", "16", "32", "--dim", "8", "--num-heads", "2", "--depth", "1", "--repeats", "1",
-                         "--output", str(tmp_path)])
+    rows = scaling_main(
+        [
+            "--lengths",
+            "16",
+            "32",
+            "--dim",
+            "8",
+            "--num-heads",
+            "2",
+            "--depth",
+            "1",
+            "--repeats",
+            "1",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert json.loads((tmp_path / "scaling.json").read_text()) == json.loads(json.dumps(rows))
     assert {(r["scope"], r["attention"], r["length"]) for r in rows} == {
         (s, a, n) for s in ("layer", "step") for a in ("softmax", "bn", "sh", "bn+sh") for n in (16, 32)

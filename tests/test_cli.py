@@ -45,17 +45,20 @@ def test_help_explains_every_option(command: str, capsys: pytest.CaptureFixture)
         assert flag in text
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--attention", "nope"], "invalid choice: 'nope'"),
-    (["compare", "--attention", "softmax", "nope"], "invalid choice: 'nope'"),
-    (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
-    (["train", "--epochs", "0"], "epochs must be >= 1"),
-    (["train", "--dropout", "1.5"], "dropout must be in [0, 1)"),
-    (["train", "--d-model", "30"], "divisible by num_heads"),
-    (["train", "--task", "images"], "invalid choice: 'images'"),
-    (["train", "--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml does not exist"),
-    (["compare", "--seeds", "0", "0"], "must not repeat"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--attention", "nope"], "invalid choice: 'nope'"),
+        (["compare", "--attention", "softmax", "nope"], "invalid choice: 'nope'"),
+        (["train", "--epochs", "ten"], "invalid int value: 'ten'"),
+        (["train", "--epochs", "0"], "epochs must be >= 1"),
+        (["train", "--dropout", "1.5"], "dropout must be in [0, 1)"),
+        (["train", "--d-model", "30"], "divisible by num_heads"),
+        (["train", "--task", "images"], "invalid choice: 'images'"),
+        (["train", "--config", "/nonexistent/c.yaml"], "/nonexistent/c.yaml does not exist"),
+        (["compare", "--seeds", "0", "0"], "must not repeat"),
+    ],
+)
 def test_bad_input_prints_one_line_and_exits_2(argv: list[str], message: str, capsys) -> None:
     status, _, err = run(argv, capsys)
     assert status == 2
@@ -79,19 +82,52 @@ def test_unknown_key_in_config_file_exits_2(tmp_path: Path, capsys) -> None:
 def test_compare_writes_the_summary(tmp_path: Path, capsys) -> None:
     """--config gives the tiny settings; flags override it (epochs 2 over the file's 5)."""
     config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump(dict(dataset="BasicMotions", d_model=16, depth=1, num_heads=2, epochs=5,
-                                          batch_size=16, patch_size=10, warmup_epochs=0)))
+    config.write_text(
+        yaml.safe_dump(
+            dict(
+                dataset="BasicMotions",
+                d_model=16,
+                depth=1,
+                num_heads=2,
+                epochs=5,
+                batch_size=16,
+                patch_size=10,
+                warmup_epochs=0,
+            )
+        )
+    )
     out = tmp_path / "cmp"
-    argv = ["compare", "--config", str(config), "--epochs", "2", "--attention", "softmax", "sh", "--seeds", "3", "4",
-            "--output", str(out)]
+    argv = [
+        "compare",
+        "--config",
+        str(config),
+        "--epochs",
+        "2",
+        "--attention",
+        "softmax",
+        "sh",
+        "--seeds",
+        "3",
+        "4",
+        "--output",
+        str(out),
+    ]
     status, stdout, err = run(argv, capsys)
     assert status == 0, err
-    runs = {(v, s): json.loads((out / v / f"seed{s}" / "metrics.json").read_text())
-            for v in ("softmax", "sh") for s in (3, 4)}
-    for (variant, seed) in runs:
+    runs = {
+        (v, s): json.loads((out / v / f"seed{s}" / "metrics.json").read_text())
+        for v in ("softmax", "sh")
+        for s in (3, 4)
+    }
+    for variant, seed in runs:
         saved = TrainConfig.from_yaml(out / variant / f"seed{seed}" / "config.yaml")
         assert (saved.attention, saved.seed, saved.epochs, saved.d_model, saved.dataset) == (
-            variant, seed, 2, 16, "BasicMotions")
+            variant,
+            seed,
+            2,
+            16,
+            "BasicMotions",
+        )
     with (out / "summary.csv").open(newline="") as file:
         rows = list(csv.DictReader(file))
     assert [r["attention"] for r in rows] == ["softmax", "sh"]
@@ -99,7 +135,7 @@ def test_compare_writes_the_summary(tmp_path: Path, capsys) -> None:
         tests = [100 * runs[row["attention"], s]["test_accuracy"] for s in (3, 4)]
         assert int(row["seeds"]) == 2
         assert float(row["test_acc_mean"]) == pytest.approx(sum(tests) / 2)
-        assert float(row["test_acc_std"]) == pytest.approx(abs(tests[0] - tests[1]) / 2 ** 0.5)
+        assert float(row["test_acc_std"]) == pytest.approx(abs(tests[0] - tests[1]) / 2**0.5)
         assert int(row["params"]) == runs[row["attention"], 3]["params"]
         peaks = [runs[row["attention"], s]["peak_memory_bytes"] / 1e6 for s in (3, 4)]
         assert float(row["peak_memory_mb"]) == pytest.approx(sum(peaks) / 2)
@@ -120,8 +156,9 @@ def test_compare_writes_the_summary(tmp_path: Path, capsys) -> None:
     status, stdout, err = run(["report", str(out), "--output", str(tmp_path / "again"), "--lengths", "64"], capsys)
     assert status == 0, err
     again = json.loads((tmp_path / "again" / "report.json").read_text())
-    untimed = [[{k: v for k, v in row.items() if k != "samples_per_second"} for row in r["accuracy"]]
-               for r in (again, report)]
+    untimed = [
+        [{k: v for k, v in row.items() if k != "samples_per_second"} for row in r["accuracy"]] for r in (again, report)
+    ]
     assert untimed[0] == untimed[1]
     assert {r["length"] for r in again["efficiency"]} == {64}
 
@@ -135,14 +172,38 @@ def test_compare_again_reuses_finished_runs_and_refuses_other_options(tmp_path: 
     """Two compares over disjoint seeds into one folder, then one over both: it trains nothing and summarises
     all four runs; a finished run with other options is refused by name."""
     out = tmp_path / "cmp"
-    tiny = ["--dataset", "BasicMotions", "--d-model", "8", "--depth", "1", "--num-heads", "2", "--epochs", "1",
-            "--batch-size", "16", "--patch-size", "20", "--warmup-epochs", "0", "--no-report", "--output", str(out),
-            "--attention", "softmax", "bn"]
+    tiny = [
+        "--dataset",
+        "BasicMotions",
+        "--d-model",
+        "8",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--patch-size",
+        "20",
+        "--warmup-epochs",
+        "0",
+        "--no-report",
+        "--output",
+        str(out),
+        "--attention",
+        "softmax",
+        "bn",
+    ]
     for seed in ("0", "1"):
         status, _, err = run(["compare", *tiny, "--seeds", seed, "--threads", "1"], capsys)
         assert status == 0, err
-    metrics = {(v, s): json.loads((out / v / f"seed{s}" / "metrics.json").read_text())
-               for v in ("softmax", "bn") for s in (0, 1)}
+    metrics = {
+        (v, s): json.loads((out / v / f"seed{s}" / "metrics.json").read_text())
+        for v in ("softmax", "bn")
+        for s in (0, 1)
+    }
 
     import primaldual.training.run as run_module
 
@@ -166,13 +227,30 @@ def test_compare_again_reuses_finished_runs_and_refuses_other_options(tmp_path: 
 def test_compare_continues_an_interrupted_run(tmp_path: Path, capsys) -> None:
     """A run folder with checkpoints but no metrics.json (killed) is resumed to the compare's epochs."""
     out = tmp_path / "cmp"
-    tiny = ["--dataset", "BasicMotions", "--d-model", "8", "--depth", "1", "--num-heads", "2", "--batch-size", "16",
-            "--patch-size", "20", "--warmup-epochs", "0", "--output", str(out / "softmax" / "seed0")]
+    tiny = [
+        "--dataset",
+        "BasicMotions",
+        "--d-model",
+        "8",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--batch-size",
+        "16",
+        "--patch-size",
+        "20",
+        "--warmup-epochs",
+        "0",
+        "--output",
+        str(out / "softmax" / "seed0"),
+    ]
     assert run(["train", *tiny, "--epochs", "1"], capsys)[0] == 0
     (out / "softmax" / "seed0" / "metrics.json").unlink()  # as if killed after its last checkpoint
     tiny[-2:] = ["--output", str(out)]
-    status, stdout, err = run(["compare", *tiny, "--epochs", "2", "--attention", "softmax", "--seeds", "0",
-                               "--no-report"], capsys)
+    status, stdout, err = run(
+        ["compare", *tiny, "--epochs", "2", "--attention", "softmax", "--seeds", "0", "--no-report"], capsys
+    )
     assert status == 0, err
     assert "interrupted: continuing from" in stdout
     assert json.loads((out / "softmax" / "seed0" / "metrics.json").read_text())["epochs"] == 2

@@ -88,7 +88,9 @@ def test_dynamic_compile_makes_one_graph_for_every_length(name, padded):
     assert counts == counts[:1] * len(counts)  # compiled at the first length, never again
 
 
-@pytest.mark.parametrize("name", ["bn", "sh", "bn+sh"])
+@pytest.mark.parametrize(
+    "name", ["bn+sh"]
+)  # both composite steps (BN statistics, SH pooling); inductor is minutes per variant on a CPU
 def test_inductor_matches_eager(name):
     """The default backend (generated C++), dynamic shapes, float32: forward and backward equal to eager."""
     layer = make_layer(name).float()

@@ -52,8 +52,10 @@ def test_concurrent_writers_of_one_path_never_fail(tmp_path: Path) -> None:
     writes failed): every write succeeds, the file is one writer's complete block, no temporary file is left."""
     path = tmp_path / "config.yaml"
     failures: multiprocessing.Queue = multiprocessing.get_context("fork").Queue()
-    processes = [multiprocessing.get_context("fork").Process(target=_write_many, args=(str(path), w, failures))
-                 for w in range(WRITERS)]
+    processes = [
+        multiprocessing.get_context("fork").Process(target=_write_many, args=(str(path), w, failures))
+        for w in range(WRITERS)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -96,12 +98,14 @@ def test_a_killed_holder_leaves_the_folder_unlocked(tmp_path: Path) -> None:
 
 def _hold(folder: Path) -> subprocess.Popen:
     """A process that takes ``folder``'s lock, prints 'held', and holds it until it is signalled."""
-    code = ("import sys, time, signal\n"
-            "from primaldual.files import folder_lock\n"
-            "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
-            f"with folder_lock({str(folder)!r}):\n"
-            "    print('held', flush=True)\n"
-            "    time.sleep(600)\n")
+    code = (
+        "import sys, time, signal\n"
+        "from primaldual.files import folder_lock\n"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+        f"with folder_lock({str(folder)!r}):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(600)\n"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "held"
     return process

@@ -104,8 +104,11 @@ def bn_features(q, k, mask, scales=None, causal=False, eps=1e-5):
         for h in range(q.shape[1]):
             keys, keep = (k[b, h], valid) if scales is None else R.pool(k[b, h], valid, scales[h])
             centre = keys[keep].mean(0) if keep.any() else 0.0
-            rows = ([(q[b, h, i : i + 1], keep & (torch.arange(len(keep)) <= i)) for i in range(q.shape[2])]
-                    if causal else [(q[b, h], keep)])
+            rows = (
+                [(q[b, h, i : i + 1], keep & (torch.arange(len(keep)) <= i)) for i in range(q.shape[2])]
+                if causal
+                else [(q[b, h], keep)]
+            )
             for queries, visible in rows:
                 if visible.any():
                     mean, std = R.key_statistics(keys, visible, eps)
@@ -114,8 +117,16 @@ def bn_features(q, k, mask, scales=None, causal=False, eps=1e-5):
 
 def run(variant, q, k, v, mask, scales, window, causal):
     spec = F.get_variant(variant)
-    return F.attention(q, k, v, variant, key_padding_mask=mask, scales=scales if spec.pooled else None,
-                       window=window if spec.windowed else None, causal=causal)
+    return F.attention(
+        q,
+        k,
+        v,
+        variant,
+        key_padding_mask=mask,
+        scales=scales if spec.pooled else None,
+        window=window if spec.windowed else None,
+        causal=causal,
+    )
 
 
 @pytest.mark.parametrize("variant", ["linear-bn", "linear-bn+sh"])
@@ -129,10 +140,17 @@ def test_linear_bn_with_one_valid_key_gives_its_value(variant, dtype) -> None:
     out = F.attention(q, k, v, variant, scales=(1,) if "sh" in variant else None)
     # one key: weight 1 whatever Φ, so only the ratio Φv/Φ and the output round (the law with S = 0)
     T.assert_close_normwise(out, v, T.attention_atol(dtype, 0.0, v.abs().amax().item(), head_dim=1, length=2))
-    masked = F.attention(q.expand(3, 1, 2, 1), torch.cat((k, k + 1), 2), torch.cat((v, v + 1), 2), variant,
-                         key_padding_mask=torch.tensor([[False, True]] * 3), scales=(1,) if "sh" in variant else None)
-    T.assert_close_normwise(masked, v.expand(3, 1, 2, 1),
-                            T.attention_atol(dtype, 0.0, v.abs().amax().item() + 1, head_dim=1, length=2))
+    masked = F.attention(
+        q.expand(3, 1, 2, 1),
+        torch.cat((k, k + 1), 2),
+        torch.cat((v, v + 1), 2),
+        variant,
+        key_padding_mask=torch.tensor([[False, True]] * 3),
+        scales=(1,) if "sh" in variant else None,
+    )
+    T.assert_close_normwise(
+        masked, v.expand(3, 1, 2, 1), T.attention_atol(dtype, 0.0, v.abs().amax().item() + 1, head_dim=1, length=2)
+    )
 
 
 def test_linear_bn_with_two_close_keys_equals_the_reference_and_the_formula() -> None:
@@ -149,8 +167,9 @@ def test_linear_bn_with_two_close_keys_equals_the_reference_and_the_formula() ->
     # the law in float64 with S = max |x̂| ≈ 305 (Φ = exp(x̂) turns eps·|x̂| into a relative error of Φ)
     atol = reference_atol("linear-bn", q, k, formula.view(1, 1, 1, 1), v, mask)
     T.assert_close_normwise(R.linear_bn_attention(q, k, v, mask), formula.view(1, 1, 1, 1), atol, "reference")
-    T.assert_close_normwise(F.attention(q, k, v, "linear-bn", key_padding_mask=mask), formula.view(1, 1, 1, 1), atol,
-                            "fast path")
+    T.assert_close_normwise(
+        F.attention(q, k, v, "linear-bn", key_padding_mask=mask), formula.view(1, 1, 1, 1), atol, "fast path"
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -190,8 +209,9 @@ def test_values_at_padded_positions_do_not_reach_the_outputs(problem, size, seed
     padded = mask[:, None, :, None]
     other_k, other_v = ((torch.randn(t.shape, generator=g, dtype=torch.float64) * size).to(t.dtype) for t in (k, v))
     out = run(variant, q, k, v, mask, scales, window, causal)
-    changed = run(variant, q, torch.where(padded, other_k, k), torch.where(padded, other_v, v), mask, scales, window,
-                  causal)
+    changed = run(
+        variant, q, torch.where(padded, other_k, k), torch.where(padded, other_v, v), mask, scales, window, causal
+    )
     # exact: a padded key enters only as a -inf score or times an exact 0 weight (BN's statistics, SH's windows,
     # the linear kernel's sums), and x·0 = 0, 0 + y = y: the same operations on the same numbers
     torch.testing.assert_close(changed, out, rtol=0, atol=0)
@@ -200,10 +220,19 @@ def test_values_at_padded_positions_do_not_reach_the_outputs(problem, size, seed
 # ---- NaN and Inf ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where, value", [("query", math.nan), ("key", math.nan), ("value", math.nan),
-                                          ("padded key", math.nan), ("padded value", math.nan),
-                                          ("padded key", math.inf), ("padded key", -math.inf),
-                                          ("padded value", math.inf)])
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        ("query", math.nan),
+        ("key", math.nan),
+        ("value", math.nan),
+        ("padded key", math.nan),
+        ("padded value", math.nan),
+        ("padded key", math.inf),
+        ("padded key", -math.inf),
+        ("padded value", math.inf),
+    ],
+)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_non_finite_values_propagate_within_their_sample_and_head_never_to_a_wrong_number(
     variant: str, where: str, value: float
@@ -256,8 +285,9 @@ def test_magnitude_1e4_stays_finite_and_equals_the_reference(variant: str, dtype
         assert out.double().abs().amax() <= largest + T.range_atol(dtype, k.shape[2] + k.shape[-1], largest)
         if variant in REFERENCE and variant not in LINEAR:
             opts = options(variant, 2)
-            expected = REFERENCE[variant](q.double(), k.double(), v.double(), mask, opts.get("scales"),
-                                          opts.get("window"), causal)
+            expected = REFERENCE[variant](
+                q.double(), k.double(), v.double(), mask, opts.get("scales"), opts.get("window"), causal
+            )
             # the law: BN's normalised scores keep S of order 1; softmax and SH see scores of about 1e8, which
             # float32 rounds by units, and the law then bounds nothing beyond the range checked above
             atol = reference_atol(variant, q, k, expected, v, mask, causal=causal, **opts)
@@ -283,8 +313,10 @@ def test_causal_bn_of_a_tight_prefix_far_from_the_mean_of_all_keys() -> None:
     size = 0.0
     for i in range(1, 6):  # row 0 sees one key: its value
         mean, std = R.key_statistics(keys[: i + 1], torch.ones(i + 1, dtype=torch.bool), 1e-5)
-        size = max(size, T.score_size((q[0, 0, i : i + 1].double() - mean).abs() / std**2,
-                                      (keys[: i + 1] - keys.mean(0)).abs()))
+        size = max(
+            size,
+            T.score_size((q[0, 0, i : i + 1].double() - mean).abs() / std**2, (keys[: i + 1] - keys.mean(0)).abs()),
+        )
     atol = T.attention_atol(torch.float32, size, 1.0, head_dim=1, length=6, rounded_inputs=2)
     T.assert_close_normwise(out, expected, atol, "tight prefix")
 
@@ -311,10 +343,15 @@ def test_sh_factor_far_beyond_the_sequence_pools_it_into_one_key(variant: str) -
     q, k, v = tensors()
     mask = padding()
     huge = F.attention(q, k, v, variant, key_padding_mask=mask, scales=(1, 10**12))
-    torch.testing.assert_close(huge, F.attention(q, k, v, variant, key_padding_mask=mask, scales=(1, 6)),
-                               rtol=0, atol=0)
-    torch.testing.assert_close(F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 10**12)),
-                               F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 6)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        huge, F.attention(q, k, v, variant, key_padding_mask=mask, scales=(1, 6)), rtol=0, atol=0
+    )
+    torch.testing.assert_close(
+        F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 10**12)),
+        F.attention_weights(q, k, variant, key_padding_mask=mask, scales=(1, 6)),
+        rtol=0,
+        atol=0,
+    )
     options = F.AttentionOptions(variant, scales=(1, 10**12), num_prefix_tokens=2)
     assert check_inputs(options, q, k, v, mask) == (1, 4)  # 6 keys, 2 of them unpooled
 
@@ -334,24 +371,26 @@ def test_empty_batches_no_queries_and_length_one(variant: str, b: int, nq: int, 
                 assert (out == 0).all()
             elif nk == 1 and not F.get_variant(variant).windowed:
                 # one key: its value, whatever the query (weight 1: the law with S = 0)
-                atol = T.attention_atol(q.dtype, 0.0, v.abs().amax().item() if v.numel() else 0.0, head_dim=4,
-                                        length=1)
+                atol = T.attention_atol(q.dtype, 0.0, v.abs().amax().item() if v.numel() else 0.0, head_dim=4, length=1)
                 T.assert_close_normwise(out, v.expand_as(out), atol, "one key")
 
 
 # ---- mismatched arguments ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, error, message", [
-    (lambda q, k, v, m: (q, k.bfloat16(), v, m), TypeError, r"q, k, v must share a dtype"),
-    (lambda q, k, v, m: (q.double(), k, v, m), TypeError, r"q, k, v must share a dtype"),
-    (lambda q, k, v, m: (q, k.to("meta"), v, m), ValueError, r"q, k, v must be on one device"),
-    (lambda q, k, v, m: (q, k, v, m.to("meta")), ValueError, r"key_padding_mask must be on cpu like k"),
-    (lambda q, k, v, m: (q, k, v, m.to(torch.uint8)), TypeError, r"key_padding_mask must have dtype torch.bool"),
-    (lambda q, k, v, m: (q, k, v, m.float()), TypeError, r"key_padding_mask must have dtype torch.bool"),
-    (lambda q, k, v, m: (q, k, v, m[:, :5]), ValueError, r"key_padding_mask must have shape"),
-    (lambda q, k, v, m: (q.int(), k.int(), v.int(), m), TypeError, r"q must be a floating-point tensor"),
-])
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda q, k, v, m: (q, k.bfloat16(), v, m), TypeError, r"q, k, v must share a dtype"),
+        (lambda q, k, v, m: (q.double(), k, v, m), TypeError, r"q, k, v must share a dtype"),
+        (lambda q, k, v, m: (q, k.to("meta"), v, m), ValueError, r"q, k, v must be on one device"),
+        (lambda q, k, v, m: (q, k, v, m.to("meta")), ValueError, r"key_padding_mask must be on cpu like k"),
+        (lambda q, k, v, m: (q, k, v, m.to(torch.uint8)), TypeError, r"key_padding_mask must have dtype torch.bool"),
+        (lambda q, k, v, m: (q, k, v, m.float()), TypeError, r"key_padding_mask must have dtype torch.bool"),
+        (lambda q, k, v, m: (q, k, v, m[:, :5]), ValueError, r"key_padding_mask must have shape"),
+        (lambda q, k, v, m: (q.int(), k.int(), v.int(), m), TypeError, r"q must be a floating-point tensor"),
+    ],
+)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_mismatched_dtypes_devices_and_masks_are_named(variant: str, change, error: type, message: str) -> None:
     """Checked before any computation, by the outputs and by the explicit weights alike (no device is needed:
@@ -365,11 +404,18 @@ def test_mismatched_dtypes_devices_and_masks_are_named(variant: str, change, err
         F.attention(*tensors()[:2], tensors()[2].to("meta"), variant, **options(variant, 2))
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("eps", math.inf, "eps must be finite"), ("eps", math.nan, "eps must be > 0"), ("eps", 0.0, "eps must be > 0"),
-    ("mean_weight", math.nan, "mean_weight must be finite"), ("dropout_p", -0.1, r"dropout_p must be in \[0, 1\]"),
-    ("dropout_p", 1.5, r"dropout_p must be in \[0, 1\]"), ("dropout_p", math.nan, r"dropout_p must be in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("eps", math.inf, "eps must be finite"),
+        ("eps", math.nan, "eps must be > 0"),
+        ("eps", 0.0, "eps must be > 0"),
+        ("mean_weight", math.nan, "mean_weight must be finite"),
+        ("dropout_p", -0.1, r"dropout_p must be in \[0, 1\]"),
+        ("dropout_p", 1.5, r"dropout_p must be in \[0, 1\]"),
+        ("dropout_p", math.nan, r"dropout_p must be in \[0, 1\]"),
+    ],
+)
 @pytest.mark.parametrize("variant", ["bn", "linear-bn", "bn+sh"])
 def test_non_finite_or_out_of_range_options_are_named(variant: str, option: str, value: float, message: str) -> None:
     q, k, v = tensors()
@@ -384,8 +430,9 @@ def test_non_finite_or_out_of_range_options_are_named(variant: str, option: str,
 def test_models_ignore_whatever_padded_steps_hold(variant: str) -> None:
     """The classifier zeroes padded steps before the first layer: NaN, Inf or 1e30 there change nothing."""
     torch.manual_seed(0)
-    model = SequenceClassifier(3, 4, 8, d_model=8, depth=1, num_heads=2, dropout=0.0, attention=variant,
-                               attention_options=options(variant, 2)).eval()
+    model = SequenceClassifier(
+        3, 4, 8, d_model=8, depth=1, num_heads=2, dropout=0.0, attention=variant, attention_options=options(variant, 2)
+    ).eval()
     x = torch.randn(3, 8, 3)
     mask = torch.zeros(3, 8, dtype=torch.bool)
     mask[0, 5:] = True
@@ -399,8 +446,9 @@ def test_models_ignore_whatever_padded_steps_hold(variant: str) -> None:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_layers_take_empty_batches_and_single_steps(variant: str) -> None:
     layer = Attention(8, 2, variant=variant, **options(variant, 2))
-    model = SequenceClassifier(3, 4, 8, d_model=8, depth=1, num_heads=2, attention=variant,
-                               attention_options=options(variant, 2)).eval()
+    model = SequenceClassifier(
+        3, 4, 8, d_model=8, depth=1, num_heads=2, attention=variant, attention_options=options(variant, 2)
+    ).eval()
     for b, n in ((0, 5), (2, 1)):
         out = layer(torch.randn(b, n, 8), key_padding_mask=torch.zeros(b, n, dtype=torch.bool))
         assert out.shape == (b, n, 8) and torch.isfinite(out).all()

@@ -7,8 +7,28 @@ from benchmarks.profile_layer import main as profile_main
 
 
 def test_layer_benchmark_writes_ratios_per_shape_mode_and_length(tmp_path):
-    rows = main(["--shapes", "16x2", "--lengths", "8", "12", "--modes", "train", "inference", "--tokens", "48",
-                 "--warmup", "0", "--repeats", "1", "--clock", "process", "--output", str(tmp_path)])
+    rows = main(
+        [
+            "--shapes",
+            "16x2",
+            "--lengths",
+            "8",
+            "12",
+            "--modes",
+            "train",
+            "inference",
+            "--tokens",
+            "48",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--clock",
+            "process",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert json.loads((tmp_path / "layer.json").read_text()) == json.loads(json.dumps(rows))
     assert {(r["mode"], r["length"], r["attention"]) for r in rows} == {
         (m, n, a) for m in ("train", "inference") for n in (8, 12) for a in ("softmax", "bn", "sh", "bn+sh")
@@ -20,7 +40,22 @@ def test_layer_benchmark_writes_ratios_per_shape_mode_and_length(tmp_path):
 
 
 def test_profile_writes_one_table_per_variant_and_length(tmp_path):
-    profile_main(["--attention", "softmax", "sh", "--lengths", "8", "--shape", "16x2", "--tokens", "32",
-                  "--steps", "1", "--output", str(tmp_path)])
+    profile_main(
+        [
+            "--attention",
+            "softmax",
+            "sh",
+            "--lengths",
+            "8",
+            "--shape",
+            "16x2",
+            "--tokens",
+            "32",
+            "--steps",
+            "1",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sh-N8.txt", "softmax-N8.txt"]
     assert "aten::" in (tmp_path / "sh-N8.txt").read_text()

@@ -11,7 +11,13 @@ import torch
 from sklearn.svm import SVR
 
 from primaldual.analysis.framework import (
-    CHECKED, FACTORS, PENALTIES, check_problem, plain_kernel, plain_problem, sklearn_fit,
+    CHECKED,
+    FACTORS,
+    PENALTIES,
+    check_problem,
+    plain_kernel,
+    plain_problem,
+    sklearn_fit,
 )
 from primaldual.functional import pool_keys, reference
 from primaldual.svr import SVRAttention, random_features
@@ -205,8 +211,9 @@ LAYER_CASES = [
 def model_for(name: str, C: float = 1e3, epsilon: float = 0.1, factor: int = 1, **kwargs) -> SVRAttention:
     """The SVR of variant ``name`` (a key of CHECKED); ``factor`` is its SH factor, ignored without SH."""
     kernel, normalization, pooled = CHECKED[name]
-    return SVRAttention(kernel, C, epsilon, normalization=normalization, downsample=factor if pooled else 1, tol=TOL,
-                        **kwargs)
+    return SVRAttention(
+        kernel, C, epsilon, normalization=normalization, downsample=factor if pooled else 1, tol=TOL, **kwargs
+    )
 
 
 def problem(padded: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -258,13 +265,16 @@ def assert_expansion_is_sklearn(model: SVRAttention, keys, targets, queries, mas
     # what the layer uses: keys and sequence values pooled by the layer's own pooling are (keys_, values_)
     layer_mask = None if mask is None else mask[None]
     r = min(model.downsample, keys.shape[0] - model.num_prefix_tokens)
-    pk, pv, pmask = pool_keys(keys[None, None], model.sequence_values_[None, None], layer_mask, r,
-                              num_prefix_tokens=model.num_prefix_tokens)
+    pk, pv, pmask = pool_keys(
+        keys[None, None], model.sequence_values_[None, None], layer_mask, r, num_prefix_tokens=model.num_prefix_tokens
+    )
     valid = slice(None) if pmask is None else ~pmask[0]
     torch.testing.assert_close(pk[0, 0][valid], model.keys_, rtol=0, atol=0)
     # a window's mean of at most r values in two orders (tests/tolerances.py's sum_atol)
     largest = model.sequence_values_.abs().amax().item()
-    T.assert_close_normwise(pv[0, 0][valid], model.values_, T.sum_atol(torch.float64, max(r, 1), largest), "pooled values")
+    T.assert_close_normwise(
+        pv[0, 0][valid], model.values_, T.sum_atol(torch.float64, max(r, 1), largest), "pooled values"
+    )
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
@@ -299,8 +309,12 @@ def test_training_set_sizes_and_large_factors() -> None:
     far, whole = model_for("bn+sh", factor=100).fit(keys, targets, mask), model_for("bn+sh", factor=40)
     torch.testing.assert_close(far.predict(queries), whole.fit(keys, targets, mask).predict(queries), rtol=0, atol=0)
     plain, factor_one = SVRAttention("softmax", 1e3, 0.1, tol=TOL), model_for("sh", factor=1)
-    torch.testing.assert_close(plain.fit(keys, targets, mask).predict(queries),
-                               factor_one.fit(keys, targets, mask).predict(queries), rtol=0, atol=0)
+    torch.testing.assert_close(
+        plain.fit(keys, targets, mask).predict(queries),
+        factor_one.fit(keys, targets, mask).predict(queries),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_pooling_and_bn_change_the_fit() -> None:
@@ -331,8 +345,14 @@ def test_linear_variants_primal_equals_dual(name: str) -> None:
     # linear kernel on the SVR's normalised, pooled inputs, of the size of the sum's terms
     _, test, _, _ = plain_problem(model, keys, targets, queries, mask)
     terms = (np.abs(test) @ np.abs(model.dual_coef_.numpy())).max() + model.bias_.abs().max().item()
-    atol = T.attention_atol(torch.float64, kernel_size(model, keys, queries, mask), terms, head_dim=keys.shape[1],
-                            length=len(test[0]), rounded_inputs=2)
+    atol = T.attention_atol(
+        torch.float64,
+        kernel_size(model, keys, queries, mask),
+        terms,
+        head_dim=keys.shape[1],
+        length=len(test[0]),
+        rounded_inputs=2,
+    )
     T.assert_close_normwise(model.primal_predict(queries), model.predict(queries), atol, "primal vs predict")
 
 
@@ -342,8 +362,10 @@ def test_bn_sh_random_feature_primal_error_shrinks() -> None:
     keys, targets, queries, mask = problem(padded=True)
     model = model_for("bn+sh", factor=2).fit(keys, targets, mask)
     exact = model.predict(queries)
-    errors = [np.mean([(model.primal_predict(queries, m, s) - exact).abs().mean().item() for s in range(3)])
-              for m in (16, 4096, 65536)]
+    errors = [
+        np.mean([(model.primal_predict(queries, m, s) - exact).abs().mean().item() for s in range(3)])
+        for m in (16, 4096, 65536)
+    ]
     assert errors[0] > errors[1] > errors[2] and errors[2] < errors[0] / 3
 
 

@@ -67,7 +67,9 @@ def attention_atol(
 
     def law(dt: torch.dtype) -> float:
         acc = eps(accumulation_dtype(dt))
-        return eps(dt) * (rounded_inputs * size + 1) + acc * (math.sqrt(max(head_dim, 1)) * size + math.sqrt(max(length, 1)))
+        return eps(dt) * (rounded_inputs * size + 1) + acc * (
+            math.sqrt(max(head_dim, 1)) * size + math.sqrt(max(length, 1))
+        )
 
     factor = law(dtype) + law(torch.float64)
     return factor * (1.0 + size) ** (order - 1) * max(scale, torch.finfo(torch.float64).tiny)
@@ -174,8 +176,11 @@ def kernel_terms(
                 yield q[b, h].abs(), keys.abs(), allowed
                 continue
             centre = keys[keep].mean(0)
-            rows = ([(q[b, h, i : i + 1], keep & (torch.arange(len(keep)) <= i)) for i in range(q.shape[2])]
-                    if causal else [(q[b, h], keep)])
+            rows = (
+                [(q[b, h, i : i + 1], keep & (torch.arange(len(keep)) <= i)) for i in range(q.shape[2])]
+                if causal
+                else [(q[b, h], keep)]
+            )
             for queries, visible in rows:
                 if visible.sum() <= 1:
                     continue
@@ -212,16 +217,35 @@ def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **opt
     from primaldual.functional import AttentionOptions, get_variant
 
     if isinstance(variant, AttentionOptions):
-        options = dict(scales=variant.scales, window=variant.window, eps=variant.eps, mean_weight=variant.mean_weight,
-                       causal=variant.causal, num_prefix_tokens=variant.num_prefix_tokens) | options
+        options = (
+            dict(
+                scales=variant.scales,
+                window=variant.window,
+                eps=variant.eps,
+                mean_weight=variant.mean_weight,
+                causal=variant.causal,
+                num_prefix_tokens=variant.num_prefix_tokens,
+            )
+            | options
+        )
         variant = variant.variant
     spec = get_variant(variant)
-    kw = dict(kernel=spec.kernel, bn=spec.bn, scales=options.get("scales") if spec.pooled else None,
-              num_prefix_tokens=options.get("num_prefix_tokens") or 0, causal=bool(options.get("causal")),
-              window=options.get("window") if spec.windowed else None, eps=options.get("eps", 1e-5),
-              mean_weight=options.get("mean_weight", 1.0))
-    return dict(size=kernel_size(q, k, mask, **kw), head_dim=q.shape[-1], length=max(q.shape[2], k.shape[2]),
-                rounded_inputs=rounded_inputs(spec.kernel, spec.bn, spec.pooled))
+    kw = dict(
+        kernel=spec.kernel,
+        bn=spec.bn,
+        scales=options.get("scales") if spec.pooled else None,
+        num_prefix_tokens=options.get("num_prefix_tokens") or 0,
+        causal=bool(options.get("causal")),
+        window=options.get("window") if spec.windowed else None,
+        eps=options.get("eps", 1e-5),
+        mean_weight=options.get("mean_weight", 1.0),
+    )
+    return dict(
+        size=kernel_size(q, k, mask, **kw),
+        head_dim=q.shape[-1],
+        length=max(q.shape[2], k.shape[2]),
+        rounded_inputs=rounded_inputs(spec.kernel, spec.bn, spec.pooled),
+    )
 
 
 def parameter_sensitivity(model: torch.nn.Module, *inputs: Tensor) -> float:
@@ -232,14 +256,16 @@ def parameter_sensitivity(model: torch.nn.Module, *inputs: Tensor) -> float:
     worst = 0.0
     for c in range(out.numel()):
         grads = torch.autograd.grad(out[c], params, retain_graph=True, allow_unused=True)
-        total = sum((p.detach().double().abs() * g.double().abs()).sum().item() for p, g in zip(params, grads)
-                    if g is not None)
+        total = sum(
+            (p.detach().double().abs() * g.double().abs()).sum().item() for p, g in zip(params, grads) if g is not None
+        )
         worst = max(worst, total)
     return worst
 
 
-def model_atol(dtype: torch.dtype, sensitivity: float, *, reduction: int, size: float = 0.0, length: int = 1,
-               evaluations: int = 2) -> float:
+def model_atol(
+    dtype: torch.dtype, sensitivity: float, *, reduction: int, size: float = 0.0, length: int = 1, evaluations: int = 2
+) -> float:
     """Absolute tolerance between ``evaluations`` float evaluations of one network (other shapes, other blockings)
     whose outputs have parameter sensitivity ``sensitivity`` (:func:`parameter_sensitivity`).
 
@@ -254,8 +280,9 @@ def model_atol(dtype: torch.dtype, sensitivity: float, *, reduction: int, size: 
     by at most that factor times ``Σ_θ |θ| |∂y/∂θ|``. Each of the evaluations is that close to the exact network:
     ``evaluations`` of them differ by at most ``evaluations`` times as much."""
     acc = eps(accumulation_dtype(dtype))
-    factor = eps(dtype) * (2 * size + 1) + acc * (math.sqrt(max(reduction, 1)) * size + math.sqrt(max(reduction, 1))
-                                                  + math.sqrt(max(length, 1)))
+    factor = eps(dtype) * (2 * size + 1) + acc * (
+        math.sqrt(max(reduction, 1)) * size + math.sqrt(max(reduction, 1)) + math.sqrt(max(length, 1))
+    )
     return evaluations * factor * max(sensitivity, torch.finfo(torch.float64).tiny)
 
 
@@ -278,15 +305,17 @@ def widest_reduction(model: torch.nn.Module) -> int:
     return max(widths, default=1)
 
 
-def network_atol(dtype: torch.dtype, model: torch.nn.Module, output, *, size: float, length: int,
-                 evaluations: int = 2) -> float:
+def network_atol(
+    dtype: torch.dtype, model: torch.nn.Module, output, *, size: float, length: int, evaluations: int = 2
+) -> float:
     """:func:`model_atol` for the tensor ``output(model)`` (a callable: the compared outputs of one evaluation, e.g.
     a host model's valid hidden states or its attention weights): its parameter sensitivity by autograd, K from
     :func:`widest_reduction`, S the largest score-term size over the network's attention calls (both kernels of a
     comparison see the same q and k), N the longest sequence."""
     sensitivity = parameter_sensitivity(_Closure(model, output))
-    return model_atol(dtype, sensitivity, reduction=widest_reduction(model), size=size, length=length,
-                      evaluations=evaluations)
+    return model_atol(
+        dtype, sensitivity, reduction=widest_reduction(model), size=size, length=length, evaluations=evaluations
+    )
 
 
 class RecordSizes:

@@ -9,8 +9,8 @@
 """
 
 from . import functional
-from .layers import Attention
 from .integrations import convert
+from .layers import Attention
 from .svr import SVRAttention
 
 __all__ = ["Attention", "SVRAttention", "convert", "functional"]

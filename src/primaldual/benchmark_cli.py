@@ -26,36 +26,63 @@ DEFAULT_OUTPUT = "results/uea-benchmark"
 def add_parsers(commands: Any) -> None:
     """Add ``benchmark`` and ``tune`` to ``commands`` (an argparse subparsers action)."""
     bench = commands.add_parser(
-        "benchmark", help="every multivariate UEA set x variants x seeds, two protocols, MiniRocket, statistics",
+        "benchmark",
+        help="every multivariate UEA set x variants x seeds, two protocols, MiniRocket, statistics",
         description="Cross-validate each variant on each dataset's training file (the train-only protocol's epoch), "
-                    "train each seed on the whole training file recording the test accuracy of every epoch "
-                    "(train-only: at the cross-validated epoch; test-selected: the best, an upper bound), fit "
-                    "MiniRocket, and write runs.csv, summary.md, statistics.json, cd-*.png and claims.md into "
-                    "--output. Run again, it skips finished jobs; several processes may share one --output.")
-    bench.add_argument("--datasets", nargs="+", metavar="NAME",
-                       help="UEA sets (default: every bundled multivariate set, or every one under --root)")
-    bench.add_argument("--attention", nargs="+", default=list(PAPER_VARIANTS), metavar="VARIANT",
-                       help=f"variants (default: {' '.join(PAPER_VARIANTS)})")
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], metavar="SEED",
-                       help="seeds of the final runs (default: 0 1 2 3 4)")
+        "train each seed on the whole training file recording the test accuracy of every epoch "
+        "(train-only: at the cross-validated epoch; test-selected: the best, an upper bound), fit "
+        "MiniRocket, and write runs.csv, summary.md, statistics.json, cd-*.png and claims.md into "
+        "--output. Run again, it skips finished jobs; several processes may share one --output.",
+    )
+    bench.add_argument(
+        "--datasets",
+        nargs="+",
+        metavar="NAME",
+        help="UEA sets (default: every bundled multivariate set, or every one under --root)",
+    )
+    bench.add_argument(
+        "--attention",
+        nargs="+",
+        default=list(PAPER_VARIANTS),
+        metavar="VARIANT",
+        help=f"variants (default: {' '.join(PAPER_VARIANTS)})",
+    )
+    bench.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2, 3, 4],
+        metavar="SEED",
+        help="seeds of the final runs (default: 0 1 2 3 4)",
+    )
     bench.add_argument("--folds", type=int, default=3, help="folds of the cross-validation (default: 3)")
     bench.add_argument("--output", default=DEFAULT_OUTPUT, help=f"output folder (default: {DEFAULT_OUTPUT})")
     bench.add_argument("--root", help="a folder of UEA .ts files (default: the bundled sets)")
     bench.add_argument("--workers", type=int, default=1, help="processes running jobs at once (default: 1)")
-    bench.add_argument("--config", metavar="FILE.yaml",
-                       help="options over the benchmark's defaults for every dataset, and under 'datasets:' per "
-                            "dataset (e.g. a tune study's best)")
-    bench.add_argument("--baselines", nargs="*", default=["minirocket"], metavar="NAME",
-                       choices=("minirocket", "multirockethydra"),
-                       help="aeon classifiers run beside, untuned: minirocket, multirockethydra (default: minirocket; "
-                            "none: no baseline)")
+    bench.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="options over the benchmark's defaults for every dataset, and under 'datasets:' per "
+        "dataset (e.g. a tune study's best)",
+    )
+    bench.add_argument(
+        "--baselines",
+        nargs="*",
+        default=["minirocket"],
+        metavar="NAME",
+        choices=("minirocket", "multirockethydra"),
+        help="aeon classifiers run beside, untuned: minirocket, multirockethydra (default: minirocket; "
+        "none: no baseline)",
+    )
     bench.add_argument("--report-only", action="store_true", help="write the report of the finished jobs only")
     tune = commands.add_parser(
-        "tune", help="an Optuna study of a dataset's configuration on k-fold CV of its training file",
+        "tune",
+        help="an Optuna study of a dataset's configuration on k-fold CV of its training file",
         description="Search d_model, depth, lr, dropout, tokens per series (patch size) and epochs by the mean "
-                    "k-fold cross-validation accuracy on the training file (the test file is not read). The study "
-                    "lives in --storage (default sqlite:///OUTPUT/study.db): run again, it resumes; several "
-                    "processes or machines given one storage URL share the study.")
+        "k-fold cross-validation accuracy on the training file (the test file is not read). The study "
+        "lives in --storage (default sqlite:///OUTPUT/study.db): run again, it resumes; several "
+        "processes or machines given one storage URL share the study.",
+    )
     tune.add_argument("--dataset", required=True, help="UEA set")
     tune.add_argument("--attention", default="softmax", help="variant whose configuration is tuned (default: softmax)")
     tune.add_argument("--trials", type=int, default=20, help="completed trials the study should reach (default: 20)")
@@ -84,12 +111,30 @@ def run(command: str, options: dict[str, Any]) -> None:
     overrides = _read_overrides(options["config"])
     invocation = Path(options["output"]) / "invocation.json"
     if not options["report_only"]:
-        benchmark(datasets, options["attention"], options["seeds"], options["output"], folds=options["folds"],
-                  workers=options["workers"], root=root, overrides=overrides, baselines=options["baselines"],
-                  measure=head_measure, log=lambda line: print(line, flush=True))
+        benchmark(
+            datasets,
+            options["attention"],
+            options["seeds"],
+            options["output"],
+            folds=options["folds"],
+            workers=options["workers"],
+            root=root,
+            overrides=overrides,
+            baselines=options["baselines"],
+            measure=head_measure,
+            log=lambda line: print(line, flush=True),
+        )
         command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        atomic_write(invocation, json.dumps({"command": command_line, "wall_seconds": time.monotonic() - started,
-                                             "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+        atomic_write(
+            invocation,
+            json.dumps(
+                {
+                    "command": command_line,
+                    "wall_seconds": time.monotonic() - started,
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                }
+            ).encode(),
+        )
     made = json.loads(invocation.read_text()) if invocation.is_file() else {}
     summary = benchmark_report(options["output"], command=made.get("command"), wall_seconds=made.get("wall_seconds"))
     print(f"report: {summary}")

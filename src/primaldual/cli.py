@@ -71,54 +71,92 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``primaldual {train, compare}``; absent flags are absent from the parsed namespace."""
-    parser = _Parser(prog="primaldual", description="Attention as a support vector expansion: train and compare "
-                                                    "transformers with softmax, linear, sparse, BN and SH attention.")
+    parser = _Parser(
+        prog="primaldual",
+        description="Attention as a support vector expansion: train and compare "
+        "transformers with softmax, linear, sparse, BN and SH attention.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,report,benchmark,tune}")
     variants = list(VARIANTS)
     train = commands.add_parser(
-        "train", help="train one model and test its best epoch", argument_default=argparse.SUPPRESS,
+        "train",
+        help="train one model and test its best epoch",
+        argument_default=argparse.SUPPRESS,
         description="Train one model, keep the epoch with the best validation accuracy, test it once, and write "
-                    "config.yaml, metrics.json, metrics.csv, model.safetensors and checkpoints/ into --output.",
+        "config.yaml, metrics.json, metrics.csv, model.safetensors and checkpoints/ into --output.",
     )
     _add_config_options(train)
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run in --output from checkpoints/last.ckpt (raise --epochs to train longer)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from checkpoints/last.ckpt (raise --epochs to train longer)",
+    )
     compare = commands.add_parser(
-        "compare", help="train attention variants over seeds and tabulate test accuracy",
+        "compare",
+        help="train attention variants over seeds and tabulate test accuracy",
         argument_default=argparse.SUPPRESS,
         description="Train each --attention variant with each seed into OUTPUT/<variant>/seed<k>/ and write "
-                    "OUTPUT/summary.csv and OUTPUT/summary.md (mean ± std test accuracy over seeds). Run again, "
-                    "it reuses finished runs with the same options and continues interrupted ones. Several "
-                    "comparisons may run at once into the same OUTPUT, over the same seeds or others: each run is "
-                    "trained by one process (the others pass over it, then wait for it and reuse its result).",
+        "OUTPUT/summary.csv and OUTPUT/summary.md (mean ± std test accuracy over seeds). Run again, "
+        "it reuses finished runs with the same options and continues interrupted ones. Several "
+        "comparisons may run at once into the same OUTPUT, over the same seeds or others: each run is "
+        "trained by one process (the others pass over it, then wait for it and reuse its result).",
     )
     _add_config_options(compare, skip=("attention", "seed", "output"))
-    compare.add_argument("--attention", nargs="+", choices=variants, metavar="VARIANT",
-                         help=f"variants to compare, from {', '.join(variants)} "
-                              f"(default: {' '.join(PAPER_VARIANTS)})")
+    compare.add_argument(
+        "--attention",
+        nargs="+",
+        choices=variants,
+        metavar="VARIANT",
+        help=f"variants to compare, from {', '.join(variants)} (default: {' '.join(PAPER_VARIANTS)})",
+    )
     compare.add_argument("--seeds", nargs="+", type=int, metavar="SEED", help="seeds of each variant (default: 0 1 2)")
     compare.add_argument("--output", help="output folder of all runs and the summary (default: runs/compare)")
-    compare.add_argument("--no-report", dest="report", action="store_false",
-                         help="skip the report (OUTPUT/report/report.md) written after the runs")
-    compare.add_argument("--verbose", action="store_true",
-                         help="show Lightning's progress bars, model summaries and messages of every run instead of "
-                              "one line per run and one progress bar over all runs")
+    compare.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="skip the report (OUTPUT/report/report.md) written after the runs",
+    )
+    compare.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Lightning's progress bars, model summaries and messages of every run instead of "
+        "one line per run and one progress bar over all runs",
+    )
     report = commands.add_parser(
-        "report", help="turn finished runs into a Markdown + JSON report with figures",
+        "report",
+        help="turn finished runs into a Markdown + JSON report with figures",
         description="Read train or compare output folders and write report.md (accuracy, head redundancy and "
-                    "cost tables, PNG figures) and report.json (the same tables, for scripts) into --output.",
+        "cost tables, PNG figures) and report.json (the same tables, for scripts) into --output.",
     )
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="compare folders and/or single run folders")
     report.add_argument("--output", default="runs/report", help="folder of the report (default: runs/report)")
-    report.add_argument("--efficiency", metavar="PATH",
-                        help="efficiency.json (or its folder) from a measurement to include; default: count FLOPs "
-                             "of the runs' model shapes at --lengths")
-    report.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048], metavar="N",
-                        help="sequence lengths of the FLOPs table (default: 256 512 1024 2048)")
-    report.add_argument("--samples", type=int, default=8,
-                        help="test sequences per run on which head redundancy is measured (default: 8)")
-    report.add_argument("--cost-samples", type=int, default=64,
-                        help="test samples per timed forward pass of the accuracy table's samples/s (default: 64)")
+    report.add_argument(
+        "--efficiency",
+        metavar="PATH",
+        help="efficiency.json (or its folder) from a measurement to include; default: count FLOPs "
+        "of the runs' model shapes at --lengths",
+    )
+    report.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        default=[256, 512, 1024, 2048],
+        metavar="N",
+        help="sequence lengths of the FLOPs table (default: 256 512 1024 2048)",
+    )
+    report.add_argument(
+        "--samples",
+        type=int,
+        default=8,
+        help="test sequences per run on which head redundancy is measured (default: 8)",
+    )
+    report.add_argument(
+        "--cost-samples",
+        type=int,
+        default=64,
+        help="test samples per timed forward pass of the accuracy table's samples/s (default: 64)",
+    )
     from .benchmark_cli import add_parsers
 
     add_parsers(commands)  # benchmark, tune

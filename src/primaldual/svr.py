@@ -189,9 +189,17 @@ class SVRAttention:
         scales = options.scales or (1,)
         if len(scales) != 1:
             raise ValueError(f"options.scales must hold one factor (one head), got {scales}")
-        return cls(spec.kernel, C, epsilon, normalization="bn" if spec.bn else None, downsample=scales[0],
-                   eps=options.eps, mean_weight=options.mean_weight, num_prefix_tokens=options.num_prefix_tokens,
-                   tol=tol)
+        return cls(
+            spec.kernel,
+            C,
+            epsilon,
+            normalization="bn" if spec.bn else None,
+            downsample=scales[0],
+            eps=options.eps,
+            mean_weight=options.mean_weight,
+            num_prefix_tokens=options.num_prefix_tokens,
+            tol=tol,
+        )
 
     @property
     def variant(self) -> str:

@@ -71,14 +71,18 @@ def test_weights_times_values_equal_layer_output(variant, options, masked):
     weights = record.weights()
     assert weights.shape == (3, 4, 13, 13)
     # two float64 evaluations of one attention (explicit weights, the fast path): tests/tolerances.py's law
-    law = dict(head_dim=8, length=13, rounded_inputs=T.rounded_inputs(layer.options.spec.kernel,
-                                                                      layer.options.spec.bn, layer.options.spec.pooled))
+    law = dict(
+        head_dim=8,
+        length=13,
+        rounded_inputs=T.rounded_inputs(layer.options.spec.kernel, layer.options.spec.bn, layer.options.spec.pooled),
+    )
     values = values_of(layer, x)
     atol = T.attention_atol(torch.float64, sizes.size, T.output_scale(record.heads, values), **law)
     T.assert_close_normwise(weights @ values, record.heads, atol, "weights @ values")
     # per-sample statistics: a sample alone is the same, up to the law on weights (scale 1)
-    T.assert_close_normwise(record.weights(2), weights[2:], T.attention_atol(torch.float64, sizes.size, 1.0, **law),
-                            "sample alone")
+    T.assert_close_normwise(
+        record.weights(2), weights[2:], T.attention_atol(torch.float64, sizes.size, 1.0, **law), "sample alone"
+    )
     if masked:
         assert (weights.masked_select(mask[:, None, None, :]) == 0).all()  # no weight on a padded key
     rows = weights.sum(-1)[record.valid_queries()[:, None, :].expand(-1, 4, -1)]
@@ -111,10 +115,19 @@ def test_weights_reject_bad_options():
 
 # --- hooks and redundancy ---------------------------------------------------------------------------------------
 
+
 def classifier(variant="softmax", heads=4, **options):
     torch.manual_seed(0)
-    return SequenceClassifier(3, 2, 13, d_model=16, depth=2, num_heads=heads, attention=variant,
-                              attention_options={**OPTIONS.get(variant, {}), **options})
+    return SequenceClassifier(
+        3,
+        2,
+        13,
+        d_model=16,
+        depth=2,
+        num_heads=heads,
+        attention=variant,
+        attention_options={**OPTIONS.get(variant, {}), **options},
+    )
 
 
 def sequences():
@@ -161,9 +174,18 @@ def make_heads_identical(model):
     return model
 
 
-@pytest.mark.parametrize("variant, options", [("softmax", {}), ("bn", {}), ("linear", {}), ("sparse", {}),
-                                              ("sh", {"scales": (2, 2, 2, 2)}), ("bn+sh", {"scales": (4, 4, 4, 4)}),
-                                              ("linear-bn+sh", {"scales": (2, 2, 2, 2)})])
+@pytest.mark.parametrize(
+    "variant, options",
+    [
+        ("softmax", {}),
+        ("bn", {}),
+        ("linear", {}),
+        ("sparse", {}),
+        ("sh", {"scales": (2, 2, 2, 2)}),
+        ("bn+sh", {"scales": (4, 4, 4, 4)}),
+        ("linear-bn+sh", {"scales": (2, 2, 2, 2)}),
+    ],
+)
 def test_identical_heads_have_zero_distance_and_cosine_one_distinct_heads_do_not(variant, options):
     batch = sequences()
     copies = head_redundancy(make_heads_identical(classifier(variant, **options)), batch)
@@ -220,8 +242,9 @@ def test_redundancy_of_converted_timm_vit_uses_timms_own_weights():
     from primaldual import convert
 
     torch.manual_seed(0)
-    vit = VisionTransformer(img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2,
-                            num_heads=4).eval()
+    vit = VisionTransformer(
+        img_size=16, patch_size=4, in_chans=1, num_classes=3, embed_dim=32, depth=2, num_heads=4
+    ).eval()
     images = torch.randn(2, 1, 16, 16)
     timm_weights, handles = [], []
     for block in vit.blocks:  # timm's explicit path applies attn_drop to its softmax weights: record them
@@ -238,6 +261,7 @@ def test_redundancy_of_converted_timm_vit_uses_timms_own_weights():
     assert len(records) == 2
     # timm's explicit float32 path against ours: tests/tolerances.py's network law for each compared tensor
     for i, (record, theirs) in enumerate(zip(records, timm_weights)):
+
         def weights_of(model, i=i):
             seen = []
             handle = model.blocks[i].attn.attn_drop.register_forward_hook(lambda m, a, out: seen.append(out))
@@ -264,9 +288,11 @@ def test_redundancy_needs_attention_layers_and_a_batch():
 
 # --- efficiency -------------------------------------------------------------------------------------------------
 
+
 def test_softmax_against_itself_and_its_flop_count(tmp_path):
-    rows = efficiency(["softmax"], [32], batch_size=2, dim=16, num_heads=2, depth=1, warmup=1, repeats=2,
-                      output=tmp_path)
+    rows = efficiency(
+        ["softmax"], [32], batch_size=2, dim=16, num_heads=2, depth=1, warmup=1, repeats=2, output=tmp_path
+    )
     assert [(r["scope"], r["attention"]) for r in rows] == [(s, "softmax") for s in ("core", "layer", "step")]
     for row in rows:
         assert row["flops_ratio"] == 1.0 and row["memory_ratio"] == 1.0 and row["time_ratio"] == 1.0
@@ -333,6 +359,7 @@ def test_efficiency_rejects_bad_arguments():
 
 # --- plots ------------------------------------------------------------------------------------------------------
 
+
 def is_png(path):
     return path.is_file() and path.stat().st_size > len(PNG) and path.read_bytes()[:8] == PNG
 
@@ -340,13 +367,18 @@ def is_png(path):
 def test_plots_write_png(tmp_path):
     weights = torch.softmax(torch.randn(3, 6, 6), -1)
     assert is_png(plot_attention_maps(weights, tmp_path / "maps.png", title="t"))
-    redundancy = [{"attention": a, "layer": i, "l2_distance": 0.1 * i, "cosine_similarity": 0.5}
-                  for a in ("softmax", "sh") for i in range(2)]
+    redundancy = [
+        {"attention": a, "layer": i, "l2_distance": 0.1 * i, "cosine_similarity": 0.5}
+        for a in ("softmax", "sh")
+        for i in range(2)
+    ]
     assert is_png(plot_redundancy(redundancy, tmp_path / "redundancy.png"))
     cost = efficiency(["sh"], [16, 32], scopes=("core",), measure=("flops",), dim=8, num_heads=2)
     assert is_png(plot_cost(cost, tmp_path / "cost.png"))
-    accuracy = [{"attention": "softmax", "test_acc_mean": 80.0, "test_acc_std": 1.5},
-                {"attention": "sh", "test_acc_mean": 79.0, "test_acc_std": math.nan}]
+    accuracy = [
+        {"attention": "softmax", "test_acc_mean": 80.0, "test_acc_std": 1.5},
+        {"attention": "sh", "test_acc_mean": 79.0, "test_acc_std": math.nan},
+    ]
     assert is_png(plot_accuracy(accuracy, tmp_path / "sub" / "accuracy.png"))
     with pytest.raises(ValueError, match="test_acc_std"):
         plot_accuracy([{"attention": "sh", "test_acc_mean": 1.0}], tmp_path / "x.png")
@@ -362,16 +394,36 @@ DATASET = "BasicMotions"  # ships with aeon: 6 channels, 4 classes, length 100
 def fake_run(folder, attention, seed, test_accuracy, *, weights=False):
     """A finished run folder in the format of training.run.train (weights: a real model.safetensors)."""
     options = {"window": 2} if attention == "sparse" else {}
-    config = TrainConfig(dataset=DATASET, attention=attention, seed=seed, d_model=16, depth=2, num_heads=4, epochs=3,
-                         output=str(folder), **options)
+    config = TrainConfig(
+        dataset=DATASET,
+        attention=attention,
+        seed=seed,
+        d_model=16,
+        depth=2,
+        num_heads=4,
+        epochs=3,
+        output=str(folder),
+        **options,
+    )
     folder.mkdir(parents=True)
     config.to_yaml(folder / "config.yaml")
-    metrics = {"test_accuracy": test_accuracy, "test_loss": 0.9, "val_accuracy": test_accuracy - 0.05,
-               "monitor": "val_acc", "best_epoch": 2, "epochs": 3, "train_seconds": 1.5, "seconds_per_epoch": 0.5,
-               "params": 12345, "world_size": 1}
+    metrics = {
+        "test_accuracy": test_accuracy,
+        "test_loss": 0.9,
+        "val_accuracy": test_accuracy - 0.05,
+        "monitor": "val_acc",
+        "best_epoch": 2,
+        "epochs": 3,
+        "train_seconds": 1.5,
+        "seconds_per_epoch": 0.5,
+        "params": 12345,
+        "world_size": 1,
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    (folder / "metrics.csv").write_text("epoch,lr,train_acc,train_loss,val_acc,val_loss\n"
-                                        "0,0.001,0.5,1.2,0.4,1.3\n1,0.001,0.6,1.0,0.5,1.1\n2,0.0005,0.7,0.9,0.6,1.0\n")
+    (folder / "metrics.csv").write_text(
+        "epoch,lr,train_acc,train_loss,val_acc,val_loss\n"
+        "0,0.001,0.5,1.2,0.4,1.3\n1,0.001,0.6,1.0,0.5,1.1\n2,0.0005,0.7,0.9,0.6,1.0\n"
+    )
     if weights:
         torch.manual_seed(seed)
         model = SequenceClassifier(6, 4, 100, d_model=16, depth=2, num_heads=4, attention=config.attention_options())
@@ -397,7 +449,7 @@ def markdown_table(text, header):
     start = next(i for i, line in enumerate(lines) if line.startswith(header))
     names = [c.strip() for c in lines[start].strip("|").split("|")]
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append(dict(zip(names, (c.strip() for c in line.strip("|").split("|")))))
@@ -422,7 +474,8 @@ def test_report_from_compare_and_single_run_folders(tmp_path):
     assert accuracy["softmax"]["peak MB"] == "–"  # fake_run's metrics.json predates peak_memory_bytes
     assert content["accuracy"][2]["test_acc_std"] is None  # strict JSON: no NaN
     assert {r["attention"]: r["test_acc_mean"] for r in content["accuracy"]} == pytest.approx(
-        {"softmax": 85.0, "sh": 72.0, "bn": 85.0})
+        {"softmax": 85.0, "sh": 72.0, "bn": 85.0}
+    )
     assert len(markdown_table(text, "| run |")) == len(content["runs"]) == 5  # the repeated folder counts once
     # the same model shapes for every attention: BN adds no product, SH's pooled heads do fewer
     flops = {r["attention"]: r["flops_per_sample"] for r in content["accuracy"]}
@@ -431,14 +484,18 @@ def test_report_from_compare_and_single_run_folders(tmp_path):
     assert all(r["samples_per_second"] > 0 for r in content["accuracy"])
 
     redundancy = markdown_table(text, "| dataset | attention | layer |")
-    assert [(r["attention"], r["layer"], r["runs"]) for r in redundancy] == [("sh", "0", "2"), ("sh", "1", "2"),
-                                                                           ("sh", "all", "2")]
+    assert [(r["attention"], r["layer"], r["runs"]) for r in redundancy] == [
+        ("sh", "0", "2"),
+        ("sh", "1", "2"),
+        ("sh", "all", "2"),
+    ]
     assert all(0 < r["l2_distance"] and -1 <= r["cosine_similarity"] <= 1 for r in content["redundancy"])
     assert sum("no model.safetensors" in note for note in content["notes"]) == 3
 
     flops = markdown_table(text, "| scope | attention | N=16 | N=32 |")
-    assert {(r["scope"], r["attention"]) for r in flops} == {(s, a) for s in ("core", "layer")
-                                                             for a in ("softmax", "sh", "bn")}
+    assert {(r["scope"], r["attention"]) for r in flops} == {
+        (s, a) for s in ("core", "layer") for a in ("softmax", "sh", "bn")
+    }
     assert [r["N=32"] for r in flops if r["attention"] == "softmax"] == ["1.00", "1.00"]
     figures = content["figures"]
     for name in (figures["accuracy"], figures["cost"], figures["redundancy"], *figures["attention_maps"]):
@@ -448,8 +505,9 @@ def test_report_from_compare_and_single_run_folders(tmp_path):
 
 def test_report_reads_given_efficiency_rows(tmp_path):
     fake_run(tmp_path / "run", "softmax", 0, 0.5)
-    rows = efficiency(["softmax", "linear"], [16], scopes=("core",), dim=8, num_heads=2, warmup=0, repeats=1,
-                      output=tmp_path / "eff")
+    rows = efficiency(
+        ["softmax", "linear"], [16], scopes=("core",), dim=8, num_heads=2, warmup=0, repeats=1, output=tmp_path / "eff"
+    )
     report([tmp_path / "run"], tmp_path / "out", efficiency=tmp_path / "eff")
     text = (tmp_path / "out" / "report.md").read_text()
     memory = markdown_table(text, "| scope | attention | N=16 |")  # first table: FLOPs; the time table follows
@@ -483,10 +541,12 @@ def test_head_redundancy_and_efficiency_need_only_the_core_install() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "for name in ('matplotlib', 'lightning', 'yaml', 'safetensors'): sys.modules[name] = None  # not installed\n"
-            "from primaldual.analysis import attention_weights, efficiency, head_redundancy\n"
-            "import primaldual.analysis\n"
-            "assert callable(efficiency) and 'primaldual.training' not in sys.modules\n")
+    code = (
+        "import sys\n"
+        "for name in ('matplotlib', 'lightning', 'yaml', 'safetensors'): sys.modules[name] = None  # not installed\n"
+        "from primaldual.analysis import attention_weights, efficiency, head_redundancy\n"
+        "import primaldual.analysis\n"
+        "assert callable(efficiency) and 'primaldual.training' not in sys.modules\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

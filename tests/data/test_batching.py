@@ -63,11 +63,14 @@ def test_processes_share_the_batches(n: int, replicas: int) -> None:
         assert all(len(b) == 32 for b in part[:-1])
 
 
-@pytest.mark.parametrize("options, match", [
-    (dict(lengths=torch.ones(3, 2, dtype=torch.long)), "lengths must be a 1-d integer tensor"),
-    (dict(batch_size=0), "batch_size must be >= 1"),
-    (dict(num_replicas=2, rank=2), r"rank must be in \[0, num_replicas=2\)"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(lengths=torch.ones(3, 2, dtype=torch.long)), "lengths must be a 1-d integer tensor"),
+        (dict(batch_size=0), "batch_size must be >= 1"),
+        (dict(num_replicas=2, rank=2), r"rank must be in \[0, num_replicas=2\)"),
+    ],
+)
 def test_bad_arguments_are_named(options: dict, match: str) -> None:
     arguments = dict(lengths=LENGTHS, batch_size=4) | options
     with pytest.raises(ValueError, match=match):
@@ -81,8 +84,13 @@ def test_trimmed_batches_give_the_logits_of_padded_ones(attention: str, pooling:
     lengths = torch.tensor([13, 5, 9, 1])
     mask = torch.arange(40)[None] >= lengths[:, None]
     x = torch.randint(1, 16, (4, 40)).masked_fill(mask, 0)
-    model = SequenceClassifier(None, 10, 40, vocab_size=16, d_model=16, num_heads=4, dropout=0.0,
-                               attention=attention, pooling=pooling).double().eval()
+    model = (
+        SequenceClassifier(
+            None, 10, 40, vocab_size=16, d_model=16, num_heads=4, dropout=0.0, attention=attention, pooling=pooling
+        )
+        .double()
+        .eval()
+    )
     trimmed_x, trimmed_mask, y = trim_padding(list(zip(x, mask, torch.arange(4))))
     assert trimmed_x.shape == (4, 13) and trimmed_mask.shape == (4, 13) and y.tolist() == [0, 1, 2, 3]
     # Not exact: the shapes differ, so the kernels may block their sums differently. Two float64 evaluations of
@@ -98,8 +106,13 @@ def test_trimmed_batches_give_the_logits_of_padded_ones(attention: str, pooling:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(layers, "attention", recording)
         trimmed = model(trimmed_x, trimmed_mask)
-    atol = T.model_atol(torch.float64, T.parameter_sensitivity(model, trimmed_x, trimmed_mask),
-                        reduction=T.widest_reduction(model), size=max(sizes), length=40)
+    atol = T.model_atol(
+        torch.float64,
+        T.parameter_sensitivity(model, trimmed_x, trimmed_mask),
+        reduction=T.widest_reduction(model),
+        size=max(sizes),
+        length=40,
+    )
     T.assert_close_normwise(trimmed, model(x, mask), atol, "trimmed vs padded logits")
 
 
@@ -117,9 +130,25 @@ def test_loader_with_grouping_yields_trimmed_batches() -> None:
 
 
 def test_training_with_grouping(tmp_path: Path) -> None:
-    options = dict(task="listops", dataset="listops", num_train=480, num_val=100, num_test=100, min_length=5,
-                   max_length=40, batch_size=32, d_model=16, depth=1, num_heads=2, dropout=0.0, lr=3e-3,
-                   warmup_epochs=0, epochs=4, root=str(tmp_path / "data"), bucket_by_length=True)
+    options = dict(
+        task="listops",
+        dataset="listops",
+        num_train=480,
+        num_val=100,
+        num_test=100,
+        min_length=5,
+        max_length=40,
+        batch_size=32,
+        d_model=16,
+        depth=1,
+        num_heads=2,
+        dropout=0.0,
+        lr=3e-3,
+        warmup_epochs=0,
+        epochs=4,
+        root=str(tmp_path / "data"),
+        bucket_by_length=True,
+    )
     first = train(TrainConfig(**options, output=str(tmp_path / "a")))
     again = train(TrainConfig(**options, output=str(tmp_path / "b")))
     assert first["test_accuracy"] == again["test_accuracy"] > 0.1  # repeatable; chance 0.1

@@ -36,8 +36,31 @@ TS = b"""@problemName Toy
 IDX = bytes([0, 0, 8, 3]) + struct.pack(">3I", 2, 3, 4) + bytes(range(24))
 TSV = b"Source\tTarget\n( ( [MAX 2 9 ) ( [MIN 4 7 ] ) 0 ] )\t9\n[SM 1 2 ]\t3\n[MED 1 5 8 ]\t5\n"
 # pieces that mean something to one of the formats
-TOKENS = [b":", b",", b"?", b"\n", b"\r", b"@", b"NaN", b"inf", b"-1e999", b"1e300", b"\xff\xfe", b"\x00", b" ",
-          b"\t", b'"', b"@data\n", b"@classLabel true a b\n", b"(", b")", b"[MAX", b"]", b"\x1f\x8b", b"\xff" * 4]
+TOKENS = [
+    b":",
+    b",",
+    b"?",
+    b"\n",
+    b"\r",
+    b"@",
+    b"NaN",
+    b"inf",
+    b"-1e999",
+    b"1e300",
+    b"\xff\xfe",
+    b"\x00",
+    b" ",
+    b"\t",
+    b'"',
+    b"@data\n",
+    b"@classLabel true a b\n",
+    b"(",
+    b")",
+    b"[MAX",
+    b"]",
+    b"\x1f\x8b",
+    b"\xff" * 4,
+]
 EXAMPLES = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -53,7 +76,7 @@ def mutated(draw, good: bytes) -> bytes:
         elif op == "insert":
             data[at:at] = draw(st.sampled_from(TOKENS))
         elif op == "delete":
-            del data[at:at + draw(st.integers(1, 20))]
+            del data[at : at + draw(st.integers(1, 20))]
         elif op == "cut":
             del data[at:]
         elif op == "repeat line":
@@ -145,10 +168,13 @@ def test_ts_declared_sizes_allocate_nothing(tmp_path: Path, header: bytes) -> No
     assert [s.shape for s in series] == [(2, 3), (2, 3), (2, 2), (2, 2)] and peak < 8 * 2**20
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"\xff\xfe@problemName Toy\n", "not a valid .ts file"),  # not UTF-8
-    (TS.replace(b"0.5,?", b"0.5,\x00"), "not a valid .ts file"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"\xff\xfe@problemName Toy\n", "not a valid .ts file"),  # not UTF-8
+        (TS.replace(b"0.5,?", b"0.5,\x00"), "not a valid .ts file"),
+    ],
+)
 def test_ts_binary_garbage_is_named(tmp_path: Path, data: bytes, match: str) -> None:
     path = tmp_path / "Toy_TRAIN.ts"
     path.write_bytes(data)
@@ -156,12 +182,15 @@ def test_ts_binary_garbage_is_named(tmp_path: Path, data: bytes, match: str) -> 
         read_ts(path)
 
 
-@pytest.mark.parametrize("data, match", [
-    (TSV + b"[SM 1 \xff 2 ]\t3\n", r"after line \d: not UTF-8 text"),
-    (TSV + b"[SM " + b"1 " * 70_000 + b"]\t0\n", r"line 5: \d+ characters, more than a field may hold"),
-    (TSV + b'"[SM 1\n2 ]"\t3\n', "line 5: expected 2 tab-separated columns"),  # csv's quoting: 2 lines, 1 row
-    (TSV.replace(b"Target", b"Target\x00"), "line 1: expected the header"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (TSV + b"[SM 1 \xff 2 ]\t3\n", r"after line \d: not UTF-8 text"),
+        (TSV + b"[SM " + b"1 " * 70_000 + b"]\t0\n", r"line 5: \d+ characters, more than a field may hold"),
+        (TSV + b'"[SM 1\n2 ]"\t3\n', "line 5: expected 2 tab-separated columns"),  # csv's quoting: 2 lines, 1 row
+        (TSV.replace(b"Target", b"Target\x00"), "line 1: expected the header"),
+    ],
+)
 def test_listops_tsv_garbage_is_named_with_its_line(tmp_path: Path, data: bytes, match: str) -> None:
     path = tmp_path / "basic_train.tsv"
     path.write_bytes(data)

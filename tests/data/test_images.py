@@ -113,8 +113,10 @@ def test_idx_damaged_gzip(tmp_path):
 
 def _fashion_folder(root, rng, n_train=6, n_test=4, gz=(False, True, True, False)):
     arrays = [
-        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train, dtype=np.uint8),
-        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8),
+        rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_train, dtype=np.uint8),
+        rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        rng.integers(0, 10, n_test, dtype=np.uint8),
     ]
     for name, array, compress in zip(NAMES, arrays, gz):
         _write(root / (name + ".gz" if compress else name), _idx_bytes(array), compress)
@@ -314,7 +316,9 @@ def test_image_folder_loads(folder):
     # the same uint8 pixels; x / 255 rounded to float32, then (x - mean) / std in float32 with float32 statistics:
     # standardized_atol, and eps · |x| / std for the division by 255
     largest = np.abs(expected).max()
-    atol = T.standardized_atol(torch.float32, mean, std, largest) + T.eps(torch.float32) * (np.max(mean / std) + largest)
+    atol = T.standardized_atol(torch.float32, mean, std, largest) + T.eps(torch.float32) * (
+        np.max(mean / std) + largest
+    )
     T.assert_close_normwise(test[0][0].permute(1, 2, 0).double(), torch.from_numpy(expected), atol, "image")
 
 

@@ -96,7 +96,7 @@ def test_vocabulary_and_round_trip():
 
 def _structure(ids):
     """(depth in levels, root = 1 and digits counted; largest argument count) of one expression."""
-    depth, args, widest, stack = 1, [], 0, []
+    depth, widest, stack = 1, 0, []
     for t in ids:
         if L.TOKEN_IDS["[MAX"] <= t <= L.TOKEN_IDS["[SM"]:
             if stack:
@@ -179,12 +179,17 @@ def test_sampler_distribution_matches_lra_procedure():
     ours_lengths = ours.lengths.numpy()
     stderr = np.sqrt(lengths.var() / len(lengths) + ours_lengths.var() / len(ours_lengths))
     assert abs(ours_lengths.mean() - lengths.mean()) < 4 * stderr
-    label_tv = 0.5 * np.abs(np.bincount(ours.y.numpy(), minlength=10) / 3000
-                            - np.bincount([t[1] for t in theirs], minlength=10) / 3000).sum()
+    label_tv = (
+        0.5
+        * np.abs(
+            np.bincount(ours.y.numpy(), minlength=10) / 3000 - np.bincount([t[1] for t in theirs], minlength=10) / 3000
+        ).sum()
+    )
     assert label_tv < 0.06
     for op in L.OPERATORS:  # root operator frequencies
-        assert abs((ours.x[:, 0] == L.TOKEN_IDS[op]).float().mean().item()
-                   - np.mean([t[2] == op for t in theirs])) < 0.05
+        assert (
+            abs((ours.x[:, 0] == L.TOKEN_IDS[op]).float().mean().item() - np.mean([t[2] == op for t in theirs])) < 0.05
+        )
 
 
 def test_generate_every_expression_of_a_small_space():

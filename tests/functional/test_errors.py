@@ -50,7 +50,11 @@ def test_mismatched_dtypes():
 @pytest.mark.parametrize(
     "mask, error, pattern",
     [
-        (torch.zeros(2, 5, dtype=torch.bool), ValueError, r"key_padding_mask must have shape \(batch, seq_k\) = \(2, 6\)"),
+        (
+            torch.zeros(2, 5, dtype=torch.bool),
+            ValueError,
+            r"key_padding_mask must have shape \(batch, seq_k\) = \(2, 6\)",
+        ),
         (torch.zeros(2, 1, 6, dtype=torch.bool), ValueError, r"key_padding_mask must have shape"),
         (torch.zeros(2, 6), TypeError, r"key_padding_mask must have dtype torch.bool"),
         ([[False] * 6] * 2, TypeError, r"key_padding_mask must be a bool tensor"),

@@ -52,10 +52,15 @@ def test_for_heads_fills_sh_defaults_and_checks_the_count():
         F.AttentionOptions("sh", scales=(1, 2)).for_heads(3)
 
 
-@pytest.mark.parametrize("variant, options", [
-    ("bn", dict(eps=1e-3, mean_weight=0.5)), ("bn+sh", dict(scales=(1, 2, 3, 8), num_prefix_tokens=1)),
-    ("sparse", dict(window=2, causal=True)), ("linear-bn", dict(mean_weight=0.0)),
-])
+@pytest.mark.parametrize(
+    "variant, options",
+    [
+        ("bn", dict(eps=1e-3, mean_weight=0.5)),
+        ("bn+sh", dict(scales=(1, 2, 3, 8), num_prefix_tokens=1)),
+        ("sparse", dict(window=2, causal=True)),
+        ("linear-bn", dict(mean_weight=0.0)),
+    ],
+)
 def test_options_object_equals_the_keyword_form(variant, options):
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 2, 4, 11, 8, dtype=torch.float64)
@@ -64,8 +69,12 @@ def test_options_object_equals_the_keyword_form(variant, options):
     made = F.AttentionOptions(variant, **options)
     expected = F.attention(q, k, v, variant, key_padding_mask=mask, **options)
     torch.testing.assert_close(F.attention(q, k, v, made, key_padding_mask=mask), expected, rtol=0, atol=0)
-    torch.testing.assert_close(F.attention_weights(q, k, made, key_padding_mask=mask),
-                               F.attention_weights(q, k, variant, key_padding_mask=mask, **options), rtol=0, atol=0)
+    torch.testing.assert_close(
+        F.attention_weights(q, k, made, key_padding_mask=mask),
+        F.attention_weights(q, k, variant, key_padding_mask=mask, **options),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_functional_refuses_unknown_option_names():

@@ -23,8 +23,15 @@ def problems(draw):
 
 
 # the variant and options behind each pair, for the error law of tests/tolerances.py
-NAMES = [("softmax", {}), ("linear", {}), ("bn", {}), ("sh", "scales"), ("bn+sh", "scales"), ("linear-sh", "scales"),
-         ("sparse", {"window": 1})]
+NAMES = [
+    ("softmax", {}),
+    ("linear", {}),
+    ("bn", {}),
+    ("sh", "scales"),
+    ("bn+sh", "scales"),
+    ("linear-sh", "scales"),
+    ("sparse", {"window": 1}),
+]
 
 FAST_AND_REFERENCE = [
     (lambda q, k, v, m, s: F.softmax_attention(q, k, v, m), lambda q, k, v, m, s: R.softmax_attention(q, k, v, m)),
@@ -32,7 +39,10 @@ FAST_AND_REFERENCE = [
     (lambda q, k, v, m, s: F.bn_attention(q, k, v, m), lambda q, k, v, m, s: R.bn_attention(q, k, v, m)),
     (lambda q, k, v, m, s: F.sh_attention(q, k, v, s, m), lambda q, k, v, m, s: R.sh_attention(q, k, v, s, m)),
     (lambda q, k, v, m, s: F.bn_sh_attention(q, k, v, s, m), lambda q, k, v, m, s: R.bn_sh_attention(q, k, v, s, m)),
-    (lambda q, k, v, m, s: F.linear_sh_attention(q, k, v, s, m), lambda q, k, v, m, s: R.linear_sh_attention(q, k, v, s, m)),
+    (
+        lambda q, k, v, m, s: F.linear_sh_attention(q, k, v, s, m),
+        lambda q, k, v, m, s: R.linear_sh_attention(q, k, v, s, m),
+    ),
     (lambda q, k, v, m, s: F.sparse_attention(q, k, v, 1, m), lambda q, k, v, m, s: R.sparse_attention(q, k, v, 1, m)),
 ]
 

@@ -17,7 +17,10 @@ CASES = {
         lambda q, k, v, m: R.softmax_attention(q, k, v, m, causal=True),
     ),
     "linear": (F.linear_attention, R.linear_attention),
-    "sparse": (lambda q, k, v, m: F.sparse_attention(q, k, v, 2, m), lambda q, k, v, m: R.sparse_attention(q, k, v, 2, m)),
+    "sparse": (
+        lambda q, k, v, m: F.sparse_attention(q, k, v, 2, m),
+        lambda q, k, v, m: R.sparse_attention(q, k, v, 2, m),
+    ),
     "bn": (F.bn_attention, R.bn_attention),
     "bn-causal": (
         lambda q, k, v, m: F.bn_attention(q, k, v, m, causal=True),
@@ -246,8 +249,9 @@ def test_causal_bn_does_not_see_the_future():
     # not exact: the keys are shifted by the mean of all keys, future ones included (docs/numerics.md); the
     # shift cancels in the scores, up to the law's rounding with S the larger of the two problems'
     size = max(law("bn-causal", q, k, None)["size"], law("bn-causal", q, k2, None)["size"])
-    bound = T.attention_atol(torch.float64, size, T.output_scale(a[:, :, :6], v[:, :, :6]), head_dim=8, length=11,
-                             rounded_inputs=2)
+    bound = T.attention_atol(
+        torch.float64, size, T.output_scale(a[:, :, :6], v[:, :, :6]), head_dim=8, length=11, rounded_inputs=2
+    )
     T.assert_close_normwise(a[:, :, :6], b[:, :, :6], bound, "prefix")
     assert not torch.allclose(a[:, :, 6:], b[:, :, 6:])
 

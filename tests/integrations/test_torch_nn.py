@@ -64,9 +64,13 @@ def test_bare_sequence_first_mha_with_a_causal_mask(mask):
     module = mha(batch_first=False)
     layer = primaldual.convert(copy.deepcopy(module), "bn", causal=mask == "causal option")
     x = torch.randn(10, 2, 16, dtype=torch.float64)  # (seq, batch, dim)
-    kwargs = {"is_causal": True} if mask == "is_causal" else {} if mask == "causal option" else {
-        "attn_mask": causal_masks(10)[mask]
-    }
+    kwargs = (
+        {"is_causal": True}
+        if mask == "is_causal"
+        else {}
+        if mask == "causal option"
+        else {"attn_mask": causal_masks(10)[mask]}
+    )
     later = x.clone()
     later[6:] = torch.randn(4, 2, 16, dtype=torch.float64)
     with T.RecordSizes(torch_nn) as record:
@@ -78,8 +82,9 @@ def test_bare_sequence_first_mha_with_a_causal_mask(mask):
     q, k, v = nn.functional.linear(x.transpose(0, 1), module.in_proj_weight, module.in_proj_bias).chunk(3, -1)
     heads = [t.unflatten(-1, (4, 4)).transpose(1, 2) for t in (q, k, v)]
     expected = module.out_proj(functional.bn_attention(*heads, causal=True).transpose(1, 2).flatten(2))
-    T.assert_close_normwise(out, expected.transpose(0, 1), network_atol(layer, lambda m: m(x, x, x, **kwargs)[0], record, 10),
-                            "functional")
+    T.assert_close_normwise(
+        out, expected.transpose(0, 1), network_atol(layer, lambda m: m(x, x, x, **kwargs)[0], record, 10), "functional"
+    )
     softmax = module(x, x, x, attn_mask=causal_masks(10)["bool"], need_weights=False)[0]
     assert not torch.allclose(out, softmax, atol=1e-3)
 
@@ -105,8 +110,9 @@ def test_transformer_encoder_padding_never_leaks(nested, variant):
         other = x.clone()
         other[padding] = 100 * torch.randn(int(padding.sum()), 16, dtype=torch.float64)
         # exact: padded positions meet only -inf scores and exact 0 weights; rows and shapes are the same
-        torch.testing.assert_close(converted(other, src_key_padding_mask=padding)[~padding], out[~padding],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            converted(other, src_key_padding_mask=padding)[~padding], out[~padding], rtol=0, atol=0
+        )
     if variant == "softmax":
         with T.RecordSizes(torch_nn) as record:
             converted(x, src_key_padding_mask=padding)
@@ -135,8 +141,9 @@ def test_cross_attention_takes_statistics_over_the_keys():
         out = model(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_padding)
         same = model(later, other_memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_padding)
     # not exact: causal BN's self-attention shifts keys by the mean of all of them, later ones included
-    atol = network_atol(model, lambda m: m(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_padding)[:, :3],
-                        record, 8)
+    atol = network_atol(
+        model, lambda m: m(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_padding)[:, :3], record, 8
+    )
     T.assert_close_normwise(same[:, :3], out[:, :3], atol, "past")
 
 

@@ -45,8 +45,14 @@ def names():
 
 def bert(variant, dropout=0.0):
     config = BertConfig(
-        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=dropout,
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=dropout,
         initializer_range=0.3,
     )
     torch.manual_seed(0)
@@ -64,8 +70,15 @@ def bert_inputs():
 
 def llama(variant):
     config = LlamaConfig(
-        vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=48, max_position_embeddings=64, initializer_range=0.3, pad_token_id=0,
+        vocab_size=48,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     impl = "sdpa" if variant == "sdpa" else f"primaldual-{variant}"
@@ -160,6 +173,7 @@ def test_bert_output_attentions(variant):
         expected = eager(ids, attention_mask=mask, output_attentions=True).attentions
         rows = mask.bool()[:, None, :, None].expand(3, 4, 12, 12)  # the weights of valid queries
         for i, (weights, reference) in enumerate(zip(attentions, expected)):
+
             def layer_weights(m, i=i):
                 return m(ids, attention_mask=mask, output_attentions=True).attentions[i][rows]
 
@@ -173,8 +187,10 @@ def test_set_attn_implementation_switches_a_model(variant):
     model.set_attn_implementation(f"primaldual-{variant}")
     # exact: the same weights (same seed) and the same implementation on the same inputs
     torch.testing.assert_close(
-        model(ids, attention_mask=mask).last_hidden_state, bert(variant)(ids, attention_mask=mask).last_hidden_state,
-        rtol=0, atol=0,
+        model(ids, attention_mask=mask).last_hidden_state,
+        bert(variant)(ids, attention_mask=mask).last_hidden_state,
+        rtol=0,
+        atol=0,
     )
 
 
@@ -183,8 +199,16 @@ def test_set_attn_implementation_switches_a_model(variant):
 
 def vit(variant):
     config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=0.3,
+        image_size=16,
+        patch_size=4,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.3,
     )
     torch.manual_seed(0)
     impl = "sdpa" if variant == "sdpa" else f"primaldual-{variant}"
@@ -201,8 +225,9 @@ def test_vit_with_a_class_token(variant):
         with recording() as record:
             out = model(images).last_hidden_state
         assert out.shape == (2, 17, 32)
-        equal_for_softmax_only(out, expected, variant,
-                               lambda: network_atol(model, lambda m: m(images).last_hidden_state, record, 17))
+        equal_for_softmax_only(
+            out, expected, variant, lambda: network_atol(model, lambda m: m(images).last_hidden_state, record, 17)
+        )
         out.square().mean().backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         # The registered options reach the op: the first layer's attention is the functional variant.
@@ -232,12 +257,16 @@ def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
         logits = model(ids, attention_mask=mask).logits
         moved = model(future, attention_mask=mask).logits
     # exact: padded tokens meet only -inf scores and exact 0 weights
-    torch.testing.assert_close(valid(model(other, attention_mask=mask).logits, mask), valid(logits, mask),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        valid(model(other, attention_mask=mask).logits, mask), valid(logits, mask), rtol=0, atol=0
+    )
     # softmax: exact (future keys meet -inf scores); BN: the law (its shift is the mean of all keys, future ones
     # included: docs/numerics.md)
-    atol = 0.0 if variant == "softmax" else network_atol(model, lambda m: m(ids, attention_mask=mask).logits[:, :5],
-                                                          record, 7)
+    atol = (
+        0.0
+        if variant == "softmax"
+        else network_atol(model, lambda m: m(ids, attention_mask=mask).logits[:, :5], record, 7)
+    )
     T.assert_close_normwise(moved[:, :5], logits[:, :5], atol, "past")
 
 
@@ -248,8 +277,12 @@ def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
     model = llama(variant)
     with recording() as record:
         out = valid(model(ids, attention_mask=mask).logits, mask)
-    equal_for_softmax_only(out, expected, variant,
-                           lambda: network_atol(model, lambda m: valid(m(ids, attention_mask=mask).logits, mask), record, 7))
+    equal_for_softmax_only(
+        out,
+        expected,
+        variant,
+        lambda: network_atol(model, lambda m: valid(m(ids, attention_mask=mask).logits, mask), record, 7),
+    )
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn"])

@@ -16,8 +16,17 @@ CHANNELS, CLASSES, LENGTH = 3, 4, 12
 def make(variant: str, **kwargs) -> SequenceClassifier:
     options = {"window": 2} if variant == "sparse" else {}
     torch.manual_seed(0)
-    return SequenceClassifier(CHANNELS, CLASSES, LENGTH, d_model=16, depth=2, num_heads=4, attention=variant,
-                              attention_options=options, **kwargs)
+    return SequenceClassifier(
+        CHANNELS,
+        CLASSES,
+        LENGTH,
+        d_model=16,
+        depth=2,
+        num_heads=4,
+        attention=variant,
+        attention_options=options,
+        **kwargs,
+    )
 
 
 def batch(lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +85,9 @@ def test_padded_sample_equals_the_unpadded_one(variant: str, patch_size: int, po
         padded = model(x, mask)[:1]
     trimmed = model(x[:1, :5])
     widest = max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
-    atol = T.model_atol(torch.float32, T.parameter_sensitivity(model, x[:1, :5]), reduction=widest,
-                        size=max(sizes), length=LENGTH)
+    atol = T.model_atol(
+        torch.float32, T.parameter_sensitivity(model, x[:1, :5]), reduction=widest, size=max(sizes), length=LENGTH
+    )
     T.assert_close_normwise(padded, trimmed, atol, "padded vs trimmed logits")
 
 
@@ -93,17 +103,21 @@ def masks_seen_by_attention(model: SequenceClassifier, x: torch.Tensor, mask: to
     seen = []
     for module in model.modules():
         if isinstance(module, Attention):
-            module.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["key_padding_mask"]),
-                                             with_kwargs=True)
+            module.register_forward_pre_hook(
+                lambda m, args, kwargs: seen.append(kwargs["key_padding_mask"]), with_kwargs=True
+            )
     model(x, mask)
     return seen
 
 
-@pytest.mark.parametrize("patch_size, expected", [
-    (1, None),  # the mask itself
-    (4, [[False, False, False], [False, False, True], [False, True, True], [False, True, True]]),
-    (5, [[False, False, False], [False, False, True], [False, True, True], [False, True, True]]),
-])
+@pytest.mark.parametrize(
+    "patch_size, expected",
+    [
+        (1, None),  # the mask itself
+        (4, [[False, False, False], [False, False, True], [False, True, True], [False, True, True]]),
+        (5, [[False, False, False], [False, False, True], [False, True, True], [False, True, True]]),
+    ],
+)
 def test_every_attention_gets_the_downsampled_mask(patch_size: int, expected: list | None) -> None:
     """Valid lengths 12, 7, 4, 1: a patch of p steps is padding iff all its steps are (the last patch is
     completed with padding: 12 steps in patches of 5 -> 3 tokens)."""
@@ -123,8 +137,13 @@ def test_patch_with_padding_equals_zero_filled_patch() -> None:
     with T.RecordLayerSizes() as record:
         reference = model(trimmed)  # 2 tokens, no mask
     # other shapes: two float32 evaluations of the network, tests/tolerances.py's model law
-    atol = T.model_atol(torch.float32, T.parameter_sensitivity(model, trimmed), reduction=T.widest_reduction(model),
-                        size=record.size, length=LENGTH)
+    atol = T.model_atol(
+        torch.float32,
+        T.parameter_sensitivity(model, trimmed),
+        reduction=T.widest_reduction(model),
+        size=record.size,
+        length=LENGTH,
+    )
     T.assert_close_normwise(model(x, mask), reference, atol, "zero-filled patch")
 
 

@@ -4,8 +4,7 @@ import pytest
 import timm
 import torch
 
-from primaldual import Attention
-from primaldual import convert
+from primaldual import Attention, convert
 from primaldual.models.vit import PRESETS, vision_transformer
 
 

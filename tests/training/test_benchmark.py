@@ -107,19 +107,29 @@ def test_benchmark_end_to_end_resumes_and_reports(root: Path, tmp_path: Path) ->
     with open(tmp_path / "runs.csv", newline="") as file:
         rows = list(csv.DictReader(file))
     protocols = {(r["method"], r["protocol"]) for r in rows}
-    assert protocols == {("softmax", "train-only"), ("softmax", "test-selected"), ("bn", "train-only"),
-                         ("bn", "test-selected"), ("minirocket", "untuned")}
+    assert protocols == {
+        ("softmax", "train-only"),
+        ("softmax", "test-selected"),
+        ("bn", "train-only"),
+        ("bn", "test-selected"),
+        ("minirocket", "untuned"),
+    }
     assert len(rows) == 2 * (2 * 2 * 2 + 2)
     transformer = next(r for r in rows if r["method"] == "bn")
     assert float(transformer["head_l2_distance"]) >= 0 and int(transformer["params"]) > 0
     for row in rows:
         if row["protocol"] == "test-selected":  # the upper bound is never below the train-only figure
-            train_only = next(r for r in rows if r["protocol"] == "train-only" and
-                              (r["dataset"], r["method"], r["seed"]) == (row["dataset"], row["method"], row["seed"]))
+            train_only = next(
+                r
+                for r in rows
+                if r["protocol"] == "train-only"
+                and (r["dataset"], r["method"], r["seed"]) == (row["dataset"], row["method"], row["seed"])
+            )
             assert float(row["test_accuracy"]) >= float(train_only["test_accuracy"])
     statistics = json.loads((tmp_path / "statistics.json").read_text())
     assert {(t["protocol"], t["method"]) for t in statistics["wilcoxon"]} == {
-        (p, m) for p in ("train-only", "test-selected") for m in ("bn", "minirocket")}
+        (p, m) for p in ("train-only", "test-selected") for m in ("bn", "minirocket")
+    }
     assert all(t["datasets"] == 2 and t["runs"] == 4 for t in statistics["wilcoxon"])
     assert (tmp_path / "cd-train-only.png").stat().st_size > 0 and (tmp_path / "cd-test-selected.png").is_file()
     summary = (tmp_path / "summary.md").read_text()
@@ -131,10 +141,18 @@ def test_benchmark_end_to_end_resumes_and_reports(root: Path, tmp_path: Path) ->
 
 
 def test_wilcoxon_is_undefined_when_nothing_differs() -> None:
-    rows = [{"dataset": d, "method": m, "seed": 0, "protocol": p, "test_accuracy": 50.0}
-            for d in ("A", "B") for m in ("softmax", "bn") for p in ("train-only", "test-selected")]
-    summary = [{"dataset": d, "method": m, "protocol": p, "mean": 50.0}
-               for d in ("A", "B") for m in ("softmax", "bn") for p in ("train-only", "test-selected")]
+    rows = [
+        {"dataset": d, "method": m, "seed": 0, "protocol": p, "test_accuracy": 50.0}
+        for d in ("A", "B")
+        for m in ("softmax", "bn")
+        for p in ("train-only", "test-selected")
+    ]
+    summary = [
+        {"dataset": d, "method": m, "protocol": p, "mean": 50.0}
+        for d in ("A", "B")
+        for m in ("softmax", "bn")
+        for p in ("train-only", "test-selected")
+    ]
     assert all(np.isnan(t["p_datasets"]) and t["ties"] == 2 for t in wilcoxon_tests(rows, summary))
 
 
@@ -155,8 +173,12 @@ def test_cli_bad_benchmark_input_exits_2(tmp_path: Path, capsys: pytest.CaptureF
 def test_a_dataset_with_unfinished_runs_is_left_out_of_the_statistics() -> None:
     from primaldual.analysis.benchmark_report import split_complete
 
-    rows = [{"dataset": d, "method": m, "protocol": "train-only", "seed": s}
-            for d in ("A", "B") for m in ("softmax", "bn") for s in range(3)]
+    rows = [
+        {"dataset": d, "method": m, "protocol": "train-only", "seed": s}
+        for d in ("A", "B")
+        for m in ("softmax", "bn")
+        for s in range(3)
+    ]
     rows = [r for r in rows if not (r["dataset"] == "B" and r["method"] == "bn" and r["seed"] == 2)]
     complete, incomplete = split_complete(rows)
     assert incomplete == ["B"] and {r["dataset"] for r in complete} == {"A"}

@@ -33,8 +33,17 @@ from primaldual.training.checkpoints import AtomicCheckpointIO, check_state_dict
 SRC = Path(__file__).parents[2] / "src" / "primaldual"
 KILLS = int(os.environ.get("PRIMALDUAL_KILLS", "3"))
 EPOCHS = 6
-OPTIONS = dict(dataset="BasicMotions", d_model=16, depth=1, num_heads=2, patch_size=10, epochs=EPOCHS, batch_size=8,
-               dropout=0.1, threads=1)
+OPTIONS = dict(
+    dataset="BasicMotions",
+    d_model=16,
+    depth=1,
+    num_heads=2,
+    patch_size=10,
+    epochs=EPOCHS,
+    batch_size=8,
+    dropout=0.1,
+    threads=1,
+)
 MEASURED = ("train_seconds", "seconds_per_epoch", "peak_memory_bytes")  # depend on the machine
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -98,8 +107,10 @@ class Payload:
 
 def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "code-ran"
-    for name, save in [("zip", lambda p: torch.save({"state_dict": {}, "x": Payload(target)}, p)),
-                       ("raw pickle", lambda p: p.write_bytes(pickle.dumps({"state_dict": Payload(target)})))]:
+    for name, save in [
+        ("zip", lambda p: torch.save({"state_dict": {}, "x": Payload(target)}, p)),
+        ("raw pickle", lambda p: p.write_bytes(pickle.dumps({"state_dict": Payload(target)}))),
+    ]:
         path = tmp_path / f"{name}.ckpt"
         save(path)
         with pytest.raises(ValueError, match=re.escape(str(path))):
@@ -131,8 +142,14 @@ def test_a_damaged_checkpoint_is_named(damage: str, tmp_path: Path) -> None:
 def test_mutated_checkpoints_load_or_raise_value_error(tmp_path: Path) -> None:
     """A fuzz pass: 300 checkpoints with flipped, overwritten or cut bytes."""
     path = tmp_path / "c.ckpt"
-    torch.save({"state_dict": {"a.weight": torch.randn(4, 3), "a.bias": torch.zeros(4)}, "epoch": 2,
-                "callbacks": {"x": {"rows": [{"epoch": 0, "loss": 1.5}]}}}, path)
+    torch.save(
+        {
+            "state_dict": {"a.weight": torch.randn(4, 3), "a.bias": torch.zeros(4)},
+            "epoch": 2,
+            "callbacks": {"x": {"rows": [{"epoch": 0, "loss": 1.5}]}},
+        },
+        path,
+    )
     good, rng, outcomes = path.read_bytes(), random.Random(1), set()
     for _ in range(300):
         data = bytearray(good)
@@ -171,13 +188,17 @@ def copy_run(reference: Path, tmp_path: Path) -> Path:
     return output
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"d_model": 32}, "d_model: 16 -> 32"),
-    ({"attention": "bn"}, "attention: 'softmax' -> 'bn'"),  # same weights, another model
-    ({"lr": 0.01}, "lr: 0.001 -> 0.01"),
-])
-def test_resume_with_other_options_is_refused_and_names_them(change: dict, named: str, reference: Path,
-                                                             tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"d_model": 32}, "d_model: 16 -> 32"),
+        ({"attention": "bn"}, "attention: 'softmax' -> 'bn'"),  # same weights, another model
+        ({"lr": 0.01}, "lr: 0.001 -> 0.01"),
+    ],
+)
+def test_resume_with_other_options_is_refused_and_names_them(
+    change: dict, named: str, reference: Path, tmp_path: Path
+) -> None:
     output = copy_run(reference, tmp_path)
     config_text = (output / "config.yaml").read_text()
     with pytest.raises(ValueError, match=re.escape(named)):
@@ -196,8 +217,9 @@ def test_resume_from_a_checkpoint_of_other_weights_names_the_shapes(reference: P
         train(config(output, d_model=32), resume=True)
 
 
-def test_resume_from_a_damaged_checkpoint_names_it_on_the_command_line(reference: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture) -> None:
+def test_resume_from_a_damaged_checkpoint_names_it_on_the_command_line(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     output = copy_run(reference, tmp_path)
     last = output / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])
@@ -284,8 +306,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(kill: int, reference: Pa
 
 def test_no_unsafe_deserialisation_in_the_source() -> None:
     """Every torch.load passes weights_only=True; no pickle/yaml.load/eval/exec/allow_pickle anywhere in src."""
-    unsafe = re.compile(r"pickle\.loads?\(|\bdill\b|cloudpickle|joblib\.load|yaml\.(unsafe_)?load\(|"
-                        r"allow_pickle\s*=\s*True|(?<![\w.])(eval|exec)\(|weights_only\s*=\s*False(?=\s*[,)])")
+    unsafe = re.compile(
+        r"pickle\.loads?\(|\bdill\b|cloudpickle|joblib\.load|yaml\.(unsafe_)?load\(|"
+        r"allow_pickle\s*=\s*True|(?<![\w.])(eval|exec)\(|weights_only\s*=\s*False(?=\s*[,)])"
+    )
     found, loads = [], 0
     for path in sorted(SRC.rglob("*.py")):
         text = path.read_text()

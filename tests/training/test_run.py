@@ -21,12 +21,37 @@ from primaldual.training.memory import CLEAR_REFS, peak_memory
 from primaldual.training.run import checksum
 
 # BasicMotions: 6 channels, length 100, 4 classes (chance 25%), 40 train / 40 test series
-TINY = dict(dataset="BasicMotions", d_model=32, depth=1, num_heads=4, epochs=12, batch_size=8, lr=3e-3,
-            warmup_epochs=1, dropout=0.0, patch_size=4, threads=1)
-OUTPUTS = ("config.yaml", "metrics.json", "metrics.csv", "model.safetensors", "checkpoints/best.ckpt",
-           "checkpoints/last.ckpt")
-REQUIRED = ("test_accuracy", "val_accuracy", "epochs", "train_seconds", "params", "seconds_per_epoch", "best_epoch",
-            "peak_memory_bytes")
+TINY = dict(
+    dataset="BasicMotions",
+    d_model=32,
+    depth=1,
+    num_heads=4,
+    epochs=12,
+    batch_size=8,
+    lr=3e-3,
+    warmup_epochs=1,
+    dropout=0.0,
+    patch_size=4,
+    threads=1,
+)
+OUTPUTS = (
+    "config.yaml",
+    "metrics.json",
+    "metrics.csv",
+    "model.safetensors",
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+)
+REQUIRED = (
+    "test_accuracy",
+    "val_accuracy",
+    "epochs",
+    "train_seconds",
+    "params",
+    "seconds_per_epoch",
+    "best_epoch",
+    "peak_memory_bytes",
+)
 
 
 def saved_model_accuracy(output: Path, split: str = "test") -> float:
@@ -49,8 +74,19 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_config_yaml_round_trip(tmp_path: Path) -> None:
-    config = TrainConfig(dataset="BasicMotions", attention="bn+sh", scales=[1, 1, 2, 4], num_heads=4, d_model=32,
-                         lr=3e-4, eps=1e-6, patience=7, devices="auto", precision="bf16-mixed", root=str(tmp_path))
+    config = TrainConfig(
+        dataset="BasicMotions",
+        attention="bn+sh",
+        scales=[1, 1, 2, 4],
+        num_heads=4,
+        d_model=32,
+        lr=3e-4,
+        eps=1e-6,
+        patience=7,
+        devices="auto",
+        precision="bf16-mixed",
+        root=str(tmp_path),
+    )
     path = tmp_path / "config.yaml"
     config.to_yaml(path)
     assert TrainConfig.from_yaml(path) == config
@@ -71,20 +107,23 @@ def test_config_unknown_keys_are_named(tmp_path: Path) -> None:
         TrainConfig.from_yaml(path)
 
 
-@pytest.mark.parametrize("options, error, match", [
-    ({"epochs": 0}, ValueError, "epochs must be >= 1"),
-    ({"epochs": "ten"}, TypeError, "epochs must be int"),
-    ({"epochs": True}, TypeError, "epochs must be int"),
-    ({"dropout": 1.0}, ValueError, "dropout must be in"),
-    ({"lr": -1.0}, ValueError, "lr must be > 0"),
-    ({"attention": "nope"}, ValueError, "unknown variant"),
-    ({"task": "images"}, ValueError, "task must be one of"),
-    ({"d_model": 30, "num_heads": 8}, ValueError, "divisible"),
-    ({"scales": [1, 2]}, ValueError, "one factor per head"),
-    ({"attention": "sparse"}, ValueError, "needs the option window"),
-    ({"jitter": -0.1}, ValueError, "jitter must be >= 0"),
-    ({"task": "listops", "dataset": "listops", "jitter": 0.1}, ValueError, "jitter applies to the timeseries task"),
-])
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"epochs": 0}, ValueError, "epochs must be >= 1"),
+        ({"epochs": "ten"}, TypeError, "epochs must be int"),
+        ({"epochs": True}, TypeError, "epochs must be int"),
+        ({"dropout": 1.0}, ValueError, "dropout must be in"),
+        ({"lr": -1.0}, ValueError, "lr must be > 0"),
+        ({"attention": "nope"}, ValueError, "unknown variant"),
+        ({"task": "images"}, ValueError, "task must be one of"),
+        ({"d_model": 30, "num_heads": 8}, ValueError, "divisible"),
+        ({"scales": [1, 2]}, ValueError, "one factor per head"),
+        ({"attention": "sparse"}, ValueError, "needs the option window"),
+        ({"jitter": -0.1}, ValueError, "jitter must be >= 0"),
+        ({"task": "listops", "dataset": "listops", "jitter": 0.1}, ValueError, "jitter applies to the timeseries task"),
+    ],
+)
 def test_config_rejects_bad_values(options: dict, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         TrainConfig(**options)
@@ -237,8 +276,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
         torch.testing.assert_close(actual[key], expected[key], rtol=1e-6, atol=1e-7, msg=key)
     for a, b in zip(numeric_rows(tmp_path / "parts" / "metrics.csv"), numeric_rows(tmp_path / "whole" / "metrics.csv")):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
-    assert resumed["test_accuracy"] == pytest.approx(json.loads((tmp_path / "whole" / "metrics.json").read_text())[
-        "test_accuracy"])
+    assert resumed["test_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "whole" / "metrics.json").read_text())["test_accuracy"]
+    )
 
 
 def test_resume_with_more_epochs_continues_the_run(tmp_path: Path) -> None:
@@ -274,10 +314,39 @@ def test_ddp_two_processes_on_cpu_agree(tmp_path: Path, grouping: list[str]) -> 
     are identical (each process's checksum is gathered into metrics.json) and equal to the saved last.ckpt;
     batches from Lightning's distributed sampler or from the length-grouped one, which shards by itself."""
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "primaldual.cli", "train", "--dataset", "BasicMotions", "--strategy", "ddp",
-               "--devices", "2", "--accelerator", "cpu", "--epochs", "2", "--val-fraction", "0.275", "--d-model", "16",
-               "--depth", "1", "--num-heads", "2", "--patch-size", "10", "--batch-size", "8", "--threads", "1",
-               "--output", str(out), *grouping]
+    command = [
+        sys.executable,
+        "-m",
+        "primaldual.cli",
+        "train",
+        "--dataset",
+        "BasicMotions",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--epochs",
+        "2",
+        "--val-fraction",
+        "0.275",
+        "--d-model",
+        "16",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--patch-size",
+        "10",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--output",
+        str(out),
+        *grouping,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -303,13 +372,43 @@ def test_three_compares_at_once_into_one_folder_train_each_run_once(tmp_path: Pa
     every run folder is complete, and each run was trained by exactly one process (one Lightning log version per
     run, one "start" line over all three outputs); the others reused its result, so all summaries agree."""
     out = tmp_path / "cmp"
-    command = [sys.executable, "-m", "primaldual.cli", "compare", "--dataset", "BasicMotions", "--d-model", "8",
-               "--depth", "1", "--num-heads", "2", "--epochs", "2", "--batch-size", "16", "--patch-size", "20",
-               "--warmup-epochs", "0", "--threads", "1", "--no-report", "--attention", "softmax", "bn",
-               "--seeds", "0", "1", "--output", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "primaldual.cli",
+        "compare",
+        "--dataset",
+        "BasicMotions",
+        "--d-model",
+        "8",
+        "--depth",
+        "1",
+        "--num-heads",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--patch-size",
+        "20",
+        "--warmup-epochs",
+        "0",
+        "--threads",
+        "1",
+        "--no-report",
+        "--attention",
+        "softmax",
+        "bn",
+        "--seeds",
+        "0",
+        "1",
+        "--output",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(3)]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(3)
+    ]
     results = [process.communicate(timeout=300) for process in processes]
     assert [p.returncode for p in processes] == [0, 0, 0], [err[-2000:] for _, err in results]
     stdout = "".join(out_text for out_text, _ in results)
@@ -322,5 +421,5 @@ def test_three_compares_at_once_into_one_folder_train_each_run_once(tmp_path: Pa
         assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
     assert stdout.count("finished already: reusing") == 2 * len(runs)
     assert not list(out.rglob("*.tmp"))
-    tables = {text[text.index("BasicMotions: test accuracy"):] for text, _ in results}
+    tables = {text[text.index("BasicMotions: test accuracy") :] for text, _ in results}
     assert len(tables) == 1  # the same summary in every process

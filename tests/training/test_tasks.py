@@ -27,13 +27,27 @@ from primaldual.training.tasks import model_inputs
 from tests import tolerances as T
 
 CLASSES = 4  # of Fashion-MNIST's 10 labels, the synthetic sets use 0..3
-OUTPUTS = ("config.yaml", "metrics.json", "metrics.csv", "model.safetensors", "checkpoints/best.ckpt",
-           "checkpoints/last.ckpt")
+OUTPUTS = (
+    "config.yaml",
+    "metrics.json",
+    "metrics.csv",
+    "model.safetensors",
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+)
 TINY_VIT = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0)
 # a small sequence model for listops and pixels
 TOKENS = dict(d_model=16, depth=1, num_heads=2, mlp_ratio=2.0, dropout=0.0, lr=3e-3, warmup_epochs=0, threads=1)
-LISTOPS = dict(task="listops", dataset="listops", num_train=480, num_val=100, num_test=100, min_length=5,
-               max_length=40, batch_size=32)
+LISTOPS = dict(
+    task="listops",
+    dataset="listops",
+    num_train=480,
+    num_val=100,
+    num_test=100,
+    min_length=5,
+    max_length=40,
+    batch_size=32,
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -80,8 +94,9 @@ def train_losses(output: Path) -> list[float]:
 
 def test_fashion_mnist_splits_normalise_and_augment(tmp_path: Path) -> None:
     root = fake_fashion_mnist(tmp_path / "fm")
-    config = TrainConfig(task="image", dataset="fashion-mnist", root=str(root), max_train_samples=400,
-                         val_fraction=0.25)
+    config = TrainConfig(
+        task="image", dataset="fashion-mnist", root=str(root), max_train_samples=400, val_fraction=0.25
+    )
     data = load_data(config)
     assert (len(data.train), len(data.val), len(data.test)) == (300, 100, 200)
     assert (data.image_size, data.channels, data.num_classes) == (28, 1, 10)
@@ -109,9 +124,22 @@ def test_fashion_mnist_splits_normalise_and_augment(tmp_path: Path) -> None:
 
 
 def test_image_task_trains_beats_chance_and_writes_outputs(tmp_path: Path, tiny_vit: None) -> None:
-    config = TrainConfig(task="image", dataset="fashion-mnist", root=str(fake_fashion_mnist(tmp_path / "fm")),
-                         attention="bn+sh", scales=[1, 2], max_train_samples=400, epochs=6, batch_size=32, lr=3e-3,
-                         warmup_epochs=0, dropout=0.0, drop_path=0.0, threads=1, output=str(tmp_path / "run"))
+    config = TrainConfig(
+        task="image",
+        dataset="fashion-mnist",
+        root=str(fake_fashion_mnist(tmp_path / "fm")),
+        attention="bn+sh",
+        scales=[1, 2],
+        max_train_samples=400,
+        epochs=6,
+        batch_size=32,
+        lr=3e-3,
+        warmup_epochs=0,
+        dropout=0.0,
+        drop_path=0.0,
+        threads=1,
+        output=str(tmp_path / "run"),
+    )
     metrics = train(config)
     output = Path(config.output)
     assert all((output / name).is_file() for name in OUTPUTS)
@@ -147,8 +175,17 @@ def test_image_folder_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
             for i in range(n):
                 pixels = (100 * c + rng.integers(0, 50, (40, 40, 3))).astype(np.uint8)
                 Image.fromarray(pixels).save(tmp_path / split / name / f"{i}.png")
-    config = TrainConfig(task="image", dataset="imagefolder", model="deit_tiny", root=str(tmp_path),
-                         val_fraction=0.25, epochs=1, batch_size=4, threads=1, output=str(tmp_path / "run"))
+    config = TrainConfig(
+        task="image",
+        dataset="imagefolder",
+        model="deit_tiny",
+        root=str(tmp_path),
+        val_fraction=0.25,
+        epochs=1,
+        batch_size=4,
+        threads=1,
+        output=str(tmp_path / "run"),
+    )
     data = load_data(config)
     assert (len(data.train), len(data.val), len(data.test), data.classes) == (12, 4, 4, ("cat", "dog"))
     image, label = data.train.to_dataset()[0]
@@ -171,8 +208,9 @@ def test_image_folder_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_token_model_ignores_padding(variant: str, vocab: int) -> None:
     """Ids at padded positions and extra padding never reach the logits; narrow ids equal int64 ones."""
     torch.manual_seed(0)
-    model = SequenceClassifier(None, 3, 24, vocab_size=vocab, d_model=16, depth=2, num_heads=4, dropout=0.0,
-                               attention=variant).eval()
+    model = SequenceClassifier(
+        None, 3, 24, vocab_size=vocab, d_model=16, depth=2, num_heads=4, dropout=0.0, attention=variant
+    ).eval()
     lengths = torch.tensor([20, 7, 13])
     mask = torch.arange(20)[None] >= lengths[:, None]
     ids = torch.randint(1, vocab, (3, 20)).masked_fill(mask, 0)
@@ -186,8 +224,13 @@ def test_token_model_ignores_padding(variant: str, vocab: int) -> None:
         longer_out = model(longer, longer_mask)
         assert not torch.allclose(model(other, torch.zeros_like(mask)), expected)  # unmasked, they do count
     # other shapes: two float32 evaluations of the network, tests/tolerances.py's model law
-    atol = T.model_atol(torch.float32, T.parameter_sensitivity(model, ids, mask), reduction=T.widest_reduction(model),
-                        size=record.size, length=24)
+    atol = T.model_atol(
+        torch.float32,
+        T.parameter_sensitivity(model, ids, mask),
+        reduction=T.widest_reduction(model),
+        size=record.size,
+        length=24,
+    )
     T.assert_close_normwise(longer_out, expected, atol, "extra padding")
 
 
@@ -229,8 +272,16 @@ def test_listops_task_trains_and_writes_outputs(tmp_path: Path) -> None:
 
 def test_pixels_task_tokens_and_training(tmp_path: Path) -> None:
     root = fake_fashion_mnist(tmp_path / "fm")
-    config = TrainConfig(task="pixels", dataset="fashion-mnist", root=str(root), max_train_samples=100, epochs=3,
-                         batch_size=8, **{**TOKENS, "lr": 1e-2}, output=str(tmp_path / "run"))
+    config = TrainConfig(
+        task="pixels",
+        dataset="fashion-mnist",
+        root=str(root),
+        max_train_samples=100,
+        epochs=3,
+        batch_size=8,
+        **{**TOKENS, "lr": 1e-2},
+        output=str(tmp_path / "run"),
+    )
     data = load_data(config)
     assert data.train.x.dtype == torch.uint8 and data.train.x.shape == (80, 784) and not data.train.mask.any()
     assert (data.vocab_size, data.max_length) == (256, 784)
@@ -254,8 +305,7 @@ def fake_cifar10(root: Path, records: int = 10) -> Path:
 
 
 def test_pixels_task_cifar10(tmp_path: Path) -> None:
-    config = TrainConfig(task="pixels", dataset="cifar10", root=str(fake_cifar10(tmp_path)), val_fraction=0.2,
-                         **TOKENS)
+    config = TrainConfig(task="pixels", dataset="cifar10", root=str(fake_cifar10(tmp_path)), val_fraction=0.2, **TOKENS)
     data = load_data(config)
     assert data.name == "cifar10" and data.classes[0] == "airplane" and data.num_classes == 10
     assert (data.vocab_size, data.max_length) == (256, 1024)
@@ -271,34 +321,51 @@ def test_pixels_task_cifar10(tmp_path: Path) -> None:
 # ---- configuration and command line ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options, match", [
-    (dict(task="image"), "dataset must be one of fashion-mnist, imagefolder for task image"),
-    (dict(task="pixels", dataset="imagefolder"), "dataset must be one of fashion-mnist, cifar10 for task pixels"),
-    (dict(task="pixels", dataset="cifar10"), "dataset cifar10 needs the option root"),
-    (dict(task="listops", dataset="listops-tsv"), "dataset listops-tsv needs the option root"),
-    (dict(task="image", dataset="imagefolder"), "dataset imagefolder needs the option root"),
-    (dict(task="listops", dataset="listops", patch_size=4), "patch_size must be 1 for task listops"),
-    (dict(min_length=10, max_length=5), r"min_length \(10\) must be <= max_length \(5\)"),
-    (dict(max_train_samples=0), "max_train_samples must be >= 1"),
-    (dict(drop_path=1.0), "drop_path must be in"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(task="image"), "dataset must be one of fashion-mnist, imagefolder for task image"),
+        (dict(task="pixels", dataset="imagefolder"), "dataset must be one of fashion-mnist, cifar10 for task pixels"),
+        (dict(task="pixels", dataset="cifar10"), "dataset cifar10 needs the option root"),
+        (dict(task="listops", dataset="listops-tsv"), "dataset listops-tsv needs the option root"),
+        (dict(task="image", dataset="imagefolder"), "dataset imagefolder needs the option root"),
+        (dict(task="listops", dataset="listops", patch_size=4), "patch_size must be 1 for task listops"),
+        (dict(min_length=10, max_length=5), r"min_length \(10\) must be <= max_length \(5\)"),
+        (dict(max_train_samples=0), "max_train_samples must be >= 1"),
+        (dict(drop_path=1.0), "drop_path must be in"),
+    ],
+)
 def test_task_options_are_checked(options: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TrainConfig(**options)
 
 
 @pytest.mark.parametrize("task", ["listops", "image"])
-def test_compare_writes_summaries_and_a_report_with_redundancy(task: str, tmp_path: Path, tiny_vit: None,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_compare_writes_summaries_and_a_report_with_redundancy(
+    task: str, tmp_path: Path, tiny_vit: None, capsys: pytest.CaptureFixture
+) -> None:
     if task == "listops":
         options = [f"--{k.replace('_', '-')}={v}" for k, v in {**LISTOPS, **TOKENS}.items()]
         options += ["--root", str(tmp_path / "data")]
     else:
-        options = ["--task", "image", "--dataset", "fashion-mnist", "--root", str(fake_fashion_mnist(tmp_path / "fm")),
-                   "--max-train-samples", "200", "--batch-size", "50", "--threads", "1"]
+        options = [
+            "--task",
+            "image",
+            "--dataset",
+            "fashion-mnist",
+            "--root",
+            str(fake_fashion_mnist(tmp_path / "fm")),
+            "--max-train-samples",
+            "200",
+            "--batch-size",
+            "50",
+            "--threads",
+            "1",
+        ]
     out = tmp_path / "cmp"
-    status = main(["compare", *options, "--epochs", "1", "--attention", "softmax", "bn+sh", "--seeds", "0",
-                   "--output", str(out)])
+    status = main(
+        ["compare", *options, "--epochs", "1", "--attention", "softmax", "bn+sh", "--seeds", "0", "--output", str(out)]
+    )
     assert status == 0, capsys.readouterr().err
     with (out / "summary.csv").open(newline="") as file:
         assert [row["attention"] for row in csv.DictReader(file)] == ["softmax", "bn+sh"]

@@ -20,8 +20,16 @@ from primaldual.training.tune import study_name, tune
 from tests.training.test_benchmark import write_toy
 
 #: A search space of tiny models trained for 2 epochs: a trial is two fits of about a second.
-SPACE = {"d_model": (8,), "depth": (1,), "num_heads": (2,), "lr": (1e-3, 3e-3), "dropout": (0.0, 0.1, 0.2),
-         "tokens": (4, 8), "epochs": (2,), "batch_size": (8,)}
+SPACE = {
+    "d_model": (8,),
+    "depth": (1,),
+    "num_heads": (2,),
+    "lr": (1e-3, 3e-3),
+    "dropout": (0.0, 0.1, 0.2),
+    "tokens": (4, 8),
+    "epochs": (2,),
+    "batch_size": (8,),
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +49,10 @@ def complete(url: str) -> int:
 
 def test_tune_resumes_after_a_kill(root: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    script = (f"from primaldual.training.tune import tune; tune('ToyA', {str(tmp_path)!r}, trials=100, folds=2, "
-              f"root={str(root)!r}, space={SPACE!r}, grace_seconds=2)")
+    script = (
+        f"from primaldual.training.tune import tune; tune('ToyA', {str(tmp_path)!r}, trials=100, folds=2, "
+        f"root={str(root)!r}, space={SPACE!r}, grace_seconds=2)"
+    )
     process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.monotonic() + 60

@@ -25,10 +25,18 @@ if TYPE_CHECKING:
 
 # name -> the module (relative to this package) that defines it
 _LAZY = {
-    "attention_weights": "..functional", "efficiency": ".efficiency", "plot_accuracy": ".plots",
-    "plot_attention_maps": ".plots", "plot_cost": ".plots", "plot_redundancy": ".plots",
-    "AttentionRecord": ".redundancy", "attention_records": ".redundancy", "head_redundancy": ".redundancy",
-    "record_attention": ".redundancy", "find_runs": ".report", "report": ".report",
+    "attention_weights": "..functional",
+    "efficiency": ".efficiency",
+    "plot_accuracy": ".plots",
+    "plot_attention_maps": ".plots",
+    "plot_cost": ".plots",
+    "plot_redundancy": ".plots",
+    "AttentionRecord": ".redundancy",
+    "attention_records": ".redundancy",
+    "head_redundancy": ".redundancy",
+    "record_attention": ".redundancy",
+    "find_runs": ".report",
+    "report": ".report",
 }
 
 __all__ = sorted(_LAZY)

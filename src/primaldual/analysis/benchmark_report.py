@@ -64,8 +64,18 @@ def run_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in sorted((r for r in records if r["kind"] == "seed"), key=lambda r: (r["dataset"], r["method"], r["index"])):
         common = {"dataset": r["dataset"], "method": r["method"], "seed": r["index"], "seconds": r["seconds"]}
         if "test_accuracy" in r:  # an untuned baseline (training.benchmark.BASELINES): one accuracy, no epochs
-            rows.append({**common, "protocol": UNTUNED, "test_accuracy": 100 * r["test_accuracy"], "epoch": None,
-                         "seconds_per_epoch": None, "params": None, "head_l2_distance": None, "head_cosine": None})
+            rows.append(
+                {
+                    **common,
+                    "protocol": UNTUNED,
+                    "test_accuracy": 100 * r["test_accuracy"],
+                    "epoch": None,
+                    "seconds_per_epoch": None,
+                    "params": None,
+                    "head_l2_distance": None,
+                    "head_cosine": None,
+                }
+            )
             continue
         key = (r["dataset"], r["method"])
         if key not in folds or len(curves[key]) < folds[key]:
@@ -74,8 +84,9 @@ def run_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         extra = {k: r.get(k) for k in ("seconds_per_epoch", "params", "head_l2_distance", "head_cosine")}
         for protocol in PROTOCOLS:
             epoch = chosen["train_only_epoch" if protocol == "train-only" else "test_selected_epoch"]
-            rows.append({**common, "protocol": protocol, "test_accuracy": 100 * chosen[protocol], "epoch": epoch + 1,
-                         **extra})
+            rows.append(
+                {**common, "protocol": protocol, "test_accuracy": 100 * chosen[protocol], "epoch": epoch + 1, **extra}
+            )
     return rows
 
 
@@ -90,14 +101,22 @@ def summary_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (dataset, protocol, method), runs in sorted(groups.items()):
         accuracy = [r["test_accuracy"] for r in runs]
-        out.append({
-            "dataset": dataset, "protocol": protocol, "method": method, "seeds": len(runs),
-            "untuned": runs[0]["protocol"] == UNTUNED,
-            "mean": statistics.fmean(accuracy), "std": statistics.stdev(accuracy) if len(runs) > 1 else math.nan,
-            "seconds": statistics.fmean(r["seconds"] for r in runs),
-            **{k: _mean(r[k] for r in runs) for k in ("epoch", "seconds_per_epoch", "params", "head_l2_distance",
-                                                         "head_cosine")},
-        })
+        out.append(
+            {
+                "dataset": dataset,
+                "protocol": protocol,
+                "method": method,
+                "seeds": len(runs),
+                "untuned": runs[0]["protocol"] == UNTUNED,
+                "mean": statistics.fmean(accuracy),
+                "std": statistics.stdev(accuracy) if len(runs) > 1 else math.nan,
+                "seconds": statistics.fmean(r["seconds"] for r in runs),
+                **{
+                    k: _mean(r[k] for r in runs)
+                    for k in ("epoch", "seconds_per_epoch", "params", "head_l2_distance", "head_cosine")
+                },
+            }
+        )
     _rank(out)
     return out
 
@@ -141,25 +160,38 @@ def wilcoxon_tests(rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, A
     tests = []
     for protocol in PROTOCOLS:
         datasets, methods, scores = score_matrix(summary, protocol)
-        runs = {(r["dataset"], r["method"], r["seed"]): r["test_accuracy"] for r in rows
-                if r["protocol"] in (protocol, UNTUNED)}
+        runs = {
+            (r["dataset"], r["method"], r["seed"]): r["test_accuracy"]
+            for r in rows
+            if r["protocol"] in (protocol, UNTUNED)
+        }
         if BASELINE not in methods:
             continue
         base = scores[:, methods.index(BASELINE)]
         for j, method in enumerate(methods):
             if method == BASELINE:
                 continue
-            pairs = [(runs[d, method, s], runs[d, BASELINE, s]) for d, m, s in runs
-                     if m == method and (d, BASELINE, s) in runs]
+            pairs = [
+                (runs[d, method, s], runs[d, BASELINE, s])
+                for d, m, s in runs
+                if m == method and (d, BASELINE, s) in runs
+            ]
             diff_runs = np.array([a - b for a, b in pairs])
-            tests.append({
-                "protocol": protocol, "method": method, "versus": BASELINE, "datasets": len(datasets),
-                "mean_difference": float(np.mean(scores[:, j] - base)) if datasets else math.nan,
-                "wins": int(np.sum(scores[:, j] > base)), "ties": int(np.sum(scores[:, j] == base)),
-                "losses": int(np.sum(scores[:, j] < base)),
-                "p_datasets": _wilcoxon_p(wilcoxon, scores[:, j] - base),
-                "runs": len(pairs), "p_runs": _wilcoxon_p(wilcoxon, diff_runs),
-            })
+            tests.append(
+                {
+                    "protocol": protocol,
+                    "method": method,
+                    "versus": BASELINE,
+                    "datasets": len(datasets),
+                    "mean_difference": float(np.mean(scores[:, j] - base)) if datasets else math.nan,
+                    "wins": int(np.sum(scores[:, j] > base)),
+                    "ties": int(np.sum(scores[:, j] == base)),
+                    "losses": int(np.sum(scores[:, j] < base)),
+                    "p_datasets": _wilcoxon_p(wilcoxon, scores[:, j] - base),
+                    "runs": len(pairs),
+                    "p_runs": _wilcoxon_p(wilcoxon, diff_runs),
+                }
+            )
     return tests
 
 
@@ -208,8 +240,9 @@ def benchmark_report(output: str | Path, *, command: str | None = None, wall_sec
     figures = [p for p in PROTOCOLS if plot_cd(summary, p, output / f"cd-{p}.png")]
     text = summary_markdown(summary, tests, ranks, figures, command, wall_seconds)
     if incomplete:
-        text += (f"\nLeft out of the tables and statistics, their runs unfinished (in runs.csv): "
-                 f"{', '.join(incomplete)}.\n")
+        text += (
+            f"\nLeft out of the tables and statistics, their runs unfinished (in runs.csv): {', '.join(incomplete)}.\n"
+        )
     atomic_write(output / "summary.md", text.encode())
     atomic_write(output / "claims.md", claims_markdown(summary, tests).encode())
     return output / "summary.md"
@@ -234,10 +267,12 @@ def average_ranks(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for protocol in PROTOCOLS:
         datasets, methods, _ = score_matrix(summary, protocol)
         for method in methods:
-            ranks = [r["rank"] for r in summary if r["protocol"] == protocol and r["method"] == method
-                     and r["dataset"] in datasets]
-            out.append({"protocol": protocol, "method": method, "average_rank": _mean(ranks),
-                        "datasets": len(ranks)})
+            ranks = [
+                r["rank"]
+                for r in summary
+                if r["protocol"] == protocol and r["method"] == method and r["dataset"] in datasets
+            ]
+            out.append({"protocol": protocol, "method": method, "average_rank": _mean(ranks), "datasets": len(ranks)})
     return out
 
 
@@ -256,44 +291,78 @@ def accuracy_table(summary: Sequence[dict[str, Any]], protocol: str) -> str:
     lines = ["| dataset | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for d in datasets:
         best = max(cells[d, m]["mean"] for m in methods if (d, m) in cells)
-        marked = [(f"**{_cell(cells.get((d, m)))}**" if (d, m) in cells and cells[d, m]["mean"] == best
-                   else _cell(cells.get((d, m)))) for m in methods]
+        marked = [
+            (
+                f"**{_cell(cells.get((d, m)))}**"
+                if (d, m) in cells and cells[d, m]["mean"] == best
+                else _cell(cells.get((d, m)))
+            )
+            for m in methods
+        ]
         lines.append(f"| {d} | " + " | ".join(marked) + " |")
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str, Any]],
-                     ranks: Sequence[dict[str, Any]], figures: Sequence[str], command: str | None,
-                     wall_seconds: float | None) -> str:
+def summary_markdown(
+    summary: Sequence[dict[str, Any]],
+    tests: Sequence[dict[str, Any]],
+    ranks: Sequence[dict[str, Any]],
+    figures: Sequence[str],
+    command: str | None,
+    wall_seconds: float | None,
+) -> str:
     """summary.md: both protocols' accuracy tables, average ranks, Wilcoxon p-values, cost and redundancy."""
     parts = ["# UEA benchmark: test accuracy (%), mean ± std over seeds\n"]
     if command:
         took = "" if wall_seconds is None else f" ({wall_seconds / 60:.1f} min, its last invocation that ran jobs)"
         parts.append(f"Made by `{command}`{took}.\n")
     for protocol in PROTOCOLS:
-        label = {"train-only": "epoch chosen by cross-validation on the training file; the headline",
-                 "test-selected": "epoch of the best test accuracy: an upper bound, for published tables only"}
-        parts += [f"\n## {protocol} ({label[protocol]})\n", accuracy_table(summary, protocol),
-                  "\nThe untuned baselines choose nothing: their columns are the same in both tables.\n"]
+        label = {
+            "train-only": "epoch chosen by cross-validation on the training file; the headline",
+            "test-selected": "epoch of the best test accuracy: an upper bound, for published tables only",
+        }
+        parts += [
+            f"\n## {protocol} ({label[protocol]})\n",
+            accuracy_table(summary, protocol),
+            "\nThe untuned baselines choose nothing: their columns are the same in both tables.\n",
+        ]
         rank_line = ", ".join(f"{r['method']} {r['average_rank']:.2f}" for r in ranks if r["protocol"] == protocol)
         parts.append(f"\nAverage rank over datasets (1 = best): {rank_line}.\n")
         if protocol in figures:
             parts.append(f"\n![critical difference, {protocol}](cd-{protocol}.png)\n")
-    parts += ["\n## Wilcoxon signed-rank tests against softmax (two-sided)\n", tables.markdown(tests, [
-        ("protocol", "protocol"), ("method", "method"), ("mean diff (points)", "mean_difference"),
-        ("wins/ties/losses", lambda r: f"{r['wins']}/{r['ties']}/{r['losses']}"),
-        ("p, datasets", lambda r: tables.number(r["p_datasets"], 4)), ("n datasets", "datasets"),
-        ("p, runs", lambda r: tables.number(r["p_runs"], 4)), ("n runs", "runs"),
-    ])]
+    parts += [
+        "\n## Wilcoxon signed-rank tests against softmax (two-sided)\n",
+        tables.markdown(
+            tests,
+            [
+                ("protocol", "protocol"),
+                ("method", "method"),
+                ("mean diff (points)", "mean_difference"),
+                ("wins/ties/losses", lambda r: f"{r['wins']}/{r['ties']}/{r['losses']}"),
+                ("p, datasets", lambda r: tables.number(r["p_datasets"], 4)),
+                ("n datasets", "datasets"),
+                ("p, runs", lambda r: tables.number(r["p_runs"], 4)),
+                ("n runs", "runs"),
+            ],
+        ),
+    ]
     cost = [r for r in summary if r["protocol"] == "train-only"]
-    parts += ["\n## Cost and head redundancy (per run, mean over seeds)\n", tables.markdown(cost, [
-        ("dataset", "dataset"), ("method", "method"), ("chosen epoch", lambda r: tables.number(r["epoch"], 1)),
-        ("s / run", lambda r: tables.number(r["seconds"], 1)),
-        ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
-        ("params", lambda r: tables.number(r["params"], 0)),
-        ("head L2 distance", lambda r: tables.number(r["head_l2_distance"], 3)),
-        ("head cosine", lambda r: tables.number(r["head_cosine"], 3)),
-    ])]
+    parts += [
+        "\n## Cost and head redundancy (per run, mean over seeds)\n",
+        tables.markdown(
+            cost,
+            [
+                ("dataset", "dataset"),
+                ("method", "method"),
+                ("chosen epoch", lambda r: tables.number(r["epoch"], 1)),
+                ("s / run", lambda r: tables.number(r["seconds"], 1)),
+                ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
+                ("params", lambda r: tables.number(r["params"], 0)),
+                ("head L2 distance", lambda r: tables.number(r["head_l2_distance"], 3)),
+                ("head cosine", lambda r: tables.number(r["head_cosine"], 3)),
+            ],
+        ),
+    ]
     return "".join(parts)
 
 
@@ -305,9 +374,13 @@ def claims_markdown(summary: Sequence[dict[str, Any]], tests: Sequence[dict[str,
     cells = {(r["dataset"], r["method"]): r for r in rows}
     variants = sorted({r["method"] for r in rows if not r["untuned"]} - {BASELINE}, key=_method_order)
     baselines = sorted({r["method"] for r in rows if r["untuned"]}, key=_method_order)
-    lines = ["# The paper's claims on the UEA benchmark (train-only protocol)\n",
-             (f"Accuracy: two-sided Wilcoxon signed-rank test over datasets (their mean accuracies) at {alpha}; "
-              "head redundancy and cost: per dataset, as ratios to softmax.\n")]
+    lines = [
+        "# The paper's claims on the UEA benchmark (train-only protocol)\n",
+        (
+            f"Accuracy: two-sided Wilcoxon signed-rank test over datasets (their mean accuracies) at {alpha}; "
+            "head redundancy and cost: per dataset, as ratios to softmax.\n"
+        ),
+    ]
     for variant in variants:
         test = next((t for t in tests if t["protocol"] == "train-only" and t["method"] == variant), None)
         lines.append(f"\n## {variant}\n")
@@ -326,12 +399,18 @@ def _accuracy_claim(method: str, test: dict[str, Any] | None, alpha: float) -> s
     if test is None or not test["datasets"]:
         return "- accuracy: no dataset with both methods yet.\n"
     p = test["p_datasets"]
-    verdict = ("holds: better than softmax" if test["mean_difference"] > 0 and p < alpha else
-               "does not hold: worse than softmax" if test["mean_difference"] < 0 and p < alpha else
-               "not shown: no significant difference from softmax")
-    return (f"- accuracy: {verdict} ({test['mean_difference']:+.2f} points on average over {test['datasets']} "
-            f"datasets, {test['wins']} wins / {test['ties']} ties / {test['losses']} losses, p = {p:.3g}; "
-            f"over {test['runs']} paired runs p = {test['p_runs']:.3g}).\n")
+    verdict = (
+        "holds: better than softmax"
+        if test["mean_difference"] > 0 and p < alpha
+        else "does not hold: worse than softmax"
+        if test["mean_difference"] < 0 and p < alpha
+        else "not shown: no significant difference from softmax"
+    )
+    return (
+        f"- accuracy: {verdict} ({test['mean_difference']:+.2f} points on average over {test['datasets']} "
+        f"datasets, {test['wins']} wins / {test['ties']} ties / {test['losses']} losses, p = {p:.3g}; "
+        f"over {test['runs']} paired runs p = {test['p_runs']:.3g}).\n"
+    )
 
 
 def _ratio_claim(name: str, key: str, pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], larger: str) -> str:
@@ -339,5 +418,7 @@ def _ratio_claim(name: str, key: str, pairs: Sequence[tuple[dict[str, Any], dict
     if not ratios:
         return f"- {name}: not measured.\n"
     above = sum(r > 1 for r in ratios)
-    return (f"- {name}: {statistics.fmean(ratios):.2f} x softmax's on average (range {min(ratios):.2f}–"
-            f"{max(ratios):.2f}; above 1, {larger}, on {above} of {len(ratios)} datasets).\n")
+    return (
+        f"- {name}: {statistics.fmean(ratios):.2f} x softmax's on average (range {min(ratios):.2f}–"
+        f"{max(ratios):.2f}; above 1, {larger}, on {above} of {len(ratios)} datasets).\n"
+    )

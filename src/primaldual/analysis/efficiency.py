@@ -51,8 +51,8 @@ MEASURES = ("flops", "memory", "time")
 
 _aten = torch.ops.aten
 _CPU_SDPA_FLOPS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kwargs: (
-        sdpa_flop_count(q, k, v)
+    _aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(
+        q, k, v
     ),
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *args, out_shape=None, **kwargs: (
         sdpa_backward_flop_count(g, q, k, v)
@@ -98,8 +98,13 @@ def efficiency(
     names = list(dict.fromkeys(["softmax", *variants]))
     for name in names:
         get_variant(name)
-    _check(lengths=lengths, scopes=scopes, measure=measure, sizes=dict(batch_size=batch_size, dim=dim,
-           num_heads=num_heads, depth=depth, repeats=repeats), warmup=warmup)
+    _check(
+        lengths=lengths,
+        scopes=scopes,
+        measure=measure,
+        sizes=dict(batch_size=batch_size, dim=dim, num_heads=num_heads, depth=depth, repeats=repeats),
+        warmup=warmup,
+    )
     if dim % num_heads:
         raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
     scales = check_scales(default_scales(num_heads) if scales is None else tuple(scales), num_heads)
@@ -108,7 +113,8 @@ def efficiency(
     rows = []
     for scope, length in itertools.product(scopes, lengths):
         calls = {
-            name: _CASES[scope](name, length, variant_options(name, scales, window), seed=seed, **shape) for name in names
+            name: _CASES[scope](name, length, variant_options(name, scales, window), seed=seed, **shape)
+            for name in names
         }
         for _ in range(warmup):
             for call in calls.values():
@@ -121,14 +127,25 @@ def efficiency(
             analytic = None
             if scope == "core" and spec.pooled and spec.kernel == "softmax":
                 analytic = statistics.fmean(1 / r for r in scales)
-            rows.append({
-                "scope": scope, "attention": name, "length": length, "batch_size": batch_size, "dim": dim,
-                "num_heads": num_heads, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-                "flops": flops.get(name), "flops_ratio": _ratio(flops, name),
-                "peak_bytes": peaks.get(name), "memory_ratio": _ratio(peaks, name),
-                "seconds": seconds.get(name), "time_ratio": _ratio(seconds, name),
-                "analytic_flops_ratio": analytic,
-            })
+            rows.append(
+                {
+                    "scope": scope,
+                    "attention": name,
+                    "length": length,
+                    "batch_size": batch_size,
+                    "dim": dim,
+                    "num_heads": num_heads,
+                    "device": str(device),
+                    "dtype": str(dtype).removeprefix("torch."),
+                    "flops": flops.get(name),
+                    "flops_ratio": _ratio(flops, name),
+                    "peak_bytes": peaks.get(name),
+                    "memory_ratio": _ratio(peaks, name),
+                    "seconds": seconds.get(name),
+                    "time_ratio": _ratio(seconds, name),
+                    "analytic_flops_ratio": analytic,
+                }
+            )
     if output is not None:
         write_rows(rows, output, "efficiency")
     return rows
@@ -150,8 +167,9 @@ def model_cost(
         for call in calls.values():
             call()
     seconds = interleaved_seconds(calls, inputs[0].device, repeats)
-    return {name: {"flops_per_sample": flops[name], "samples_per_second": len(inputs[0]) / seconds[name]}
-            for name in models}
+    return {
+        name: {"flops_per_sample": flops[name], "samples_per_second": len(inputs[0]) / seconds[name]} for name in models
+    }
 
 
 def _inference(model: nn.Module, inputs: Sequence[Tensor]) -> Callable[[], Any]:
@@ -162,8 +180,9 @@ def _inference(model: nn.Module, inputs: Sequence[Tensor]) -> Callable[[], Any]:
     return call
 
 
-def _check(lengths: Sequence[int], scopes: Sequence[str], measure: Sequence[str], sizes: dict[str, int],
-           warmup: int) -> None:
+def _check(
+    lengths: Sequence[int], scopes: Sequence[str], measure: Sequence[str], sizes: dict[str, int], warmup: int
+) -> None:
     if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
         raise ValueError(f"lengths must be a non-empty sequence of integers >= 1, got {lengths!r}")
     if not scopes or set(scopes) - set(SCOPES):
@@ -180,18 +199,42 @@ def _check(lengths: Sequence[int], scopes: Sequence[str], measure: Sequence[str]
 def variant_options(variant: str, scales: Sequence[int], window: int) -> AttentionOptions:
     """``variant`` with those of these settings it uses: ``scales`` for the SH variants, ``window`` for sparse."""
     spec = get_variant(variant)
-    return AttentionOptions(variant, scales=tuple(scales) if spec.pooled else None, window=window if spec.windowed else None)
+    return AttentionOptions(
+        variant, scales=tuple(scales) if spec.pooled else None, window=window if spec.windowed else None
+    )
 
 
-def _core(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
-          num_heads: int, device: torch.device, dtype: torch.dtype, **_: Any) -> Callable[[], Any]:
+def _core(
+    variant: str,
+    length: int,
+    options: AttentionOptions,
+    *,
+    seed: int,
+    batch_size: int,
+    dim: int,
+    num_heads: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    **_: Any,
+) -> Callable[[], Any]:
     torch.manual_seed(seed)
     q, k, v = torch.randn(3, batch_size, num_heads, length, dim // num_heads, device=device, dtype=dtype)
     return lambda: attention(q, k, v, options)
 
 
-def _layer(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
-           num_heads: int, device: torch.device, dtype: torch.dtype, **_: Any) -> Callable[[], Any]:
+def _layer(
+    variant: str,
+    length: int,
+    options: AttentionOptions,
+    *,
+    seed: int,
+    batch_size: int,
+    dim: int,
+    num_heads: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    **_: Any,
+) -> Callable[[], Any]:
     torch.manual_seed(seed)
     x = torch.randn(batch_size, length, dim, device=device, dtype=dtype)
     layer = Attention(dim, num_heads, qkv_bias=True, options=options, device=device, dtype=dtype).eval()
@@ -203,13 +246,25 @@ def _layer(variant: str, length: int, options: AttentionOptions, *, seed: int, b
     return call
 
 
-def _step(variant: str, length: int, options: AttentionOptions, *, seed: int, batch_size: int, dim: int,
-          num_heads: int, depth: int, device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+def _step(
+    variant: str,
+    length: int,
+    options: AttentionOptions,
+    *,
+    seed: int,
+    batch_size: int,
+    dim: int,
+    num_heads: int,
+    depth: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Callable[[], Any]:
     torch.manual_seed(seed)
     x = torch.randn(batch_size, length, dim, device=device, dtype=dtype)
     y = torch.randint(0, 2, (batch_size,), device=device)
-    model = SequenceClassifier(dim, 2, length, d_model=dim, depth=depth, num_heads=num_heads, dropout=0.0,
-                               attention=options).to(device, dtype)
+    model = SequenceClassifier(
+        dim, 2, length, d_model=dim, depth=depth, num_heads=num_heads, dropout=0.0, attention=options
+    ).to(device, dtype)
     optimizer = torch.optim.AdamW(model.parameters())
 
     def call() -> None:

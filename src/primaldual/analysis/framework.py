@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_open
-from ..tables import markdown, write_rows
 from ..functional import reference
 from ..svr import SVRAttention
+from ..tables import markdown, write_rows
 
 #: Variants checked against scikit-learn, as SVRAttention options (kernel, normalisation, SH or not).
 CHECKED = {
@@ -107,8 +107,9 @@ def check_problem(seed: int = 0, n: int = 40, m: int = 25, dim: int = 4) -> dict
     mask[[6, 7]] = True
     mask[n - 7 :] = True
     junk = dict(keys=keys.masked_fill(mask[:, None], 50.0), targets=targets.masked_fill(mask[:, None], 1e3))
-    return dict(keys=keys, queries=queries, targets=targets, mask=mask, padded_keys=junk["keys"],
-                padded_targets=junk["targets"])
+    return dict(
+        keys=keys, queries=queries, targets=targets, mask=mask, padded_keys=junk["keys"], padded_targets=junk["targets"]
+    )
 
 
 def expansion_error(model: SVRAttention, keys: Tensor, targets: Tensor, queries: Tensor, mask: Tensor | None) -> float:
@@ -129,8 +130,9 @@ def expansion_errors(seeds: Sequence[int] = (0, 1)) -> list[dict[str, Any]]:
         grid = itertools.product(seeds, PENALTIES, (False, True), factors, prefixes)
         for seed, (c, epsilon), padded, factor, prefix in grid:
             data = check_problem(seed)
-            model = SVRAttention(kernel, c, epsilon, normalization=normalization, downsample=factor,
-                                 num_prefix_tokens=prefix, tol=TOL)
+            model = SVRAttention(
+                kernel, c, epsilon, normalization=normalization, downsample=factor, num_prefix_tokens=prefix, tol=TOL
+            )
             keys, targets = (data["padded_keys"], data["padded_targets"]) if padded else (data["keys"], data["targets"])
             worst = max(worst, expansion_error(model, keys, targets, data["queries"], data["mask"] if padded else None))
             count += 1
@@ -210,10 +212,13 @@ def r_sweep(
                 ref, ref_bias = full[i]
                 f_train = model.predict(code[train])[:, 0]
                 for key, value in (
-                    ("n", model.keys_.shape[0]), ("support_vectors", model.support_.sum().item()), ("fit_s", seconds),
+                    ("n", model.keys_.shape[0]),
+                    ("support_vectors", model.support_.sum().item()),
+                    ("fit_s", seconds),
                     ("vs_full_fit", _rms(f_test - ref)),
                     ("attention_vs_full", _rms(f_test - model.bias_ - ref + ref_bias)),
-                    ("test_rmse", _rms(f_test[:, 0] - y[test])), ("train_rmse", _rms(f_train - y[train])),
+                    ("test_rmse", _rms(f_test[:, 0] - y[test])),
+                    ("train_rmse", _rms(f_train - y[train])),
                 ):
                     stats.setdefault(key, []).append(float(value))
             row = dict(variant=variant, r=factor, **{key: float(np.mean(v)) for key, v in stats.items()})
@@ -227,9 +232,16 @@ def r_sweep(
 
 
 SWEEP_COLUMNS = (
-    ("variant", "variant"), ("r", "r"), ("n", "n"), ("SVs", "support_vectors"), ("fit ms", lambda r: 1e3 * r["fit_s"]),
-    ("FLOPs / r=1", "flops_ratio"), ("RMS vs full fit", "vs_full_fit"), ("RMS attention vs full", "attention_vs_full"),
-    ("RMSE held-out", "test_rmse"), ("RMSE train", "train_rmse"),
+    ("variant", "variant"),
+    ("r", "r"),
+    ("n", "n"),
+    ("SVs", "support_vectors"),
+    ("fit ms", lambda r: 1e3 * r["fit_s"]),
+    ("FLOPs / r=1", "flops_ratio"),
+    ("RMS vs full fit", "vs_full_fit"),
+    ("RMS attention vs full", "attention_vs_full"),
+    ("RMSE held-out", "test_rmse"),
+    ("RMSE train", "train_rmse"),
 )
 
 
@@ -264,8 +276,19 @@ def write_results(output: Path, series: int = 8) -> dict[str, float]:
     start = time.perf_counter()
     expansion = expansion_errors()
     seconds["expansion"] = time.perf_counter() - start
-    write_rows(expansion, output, "expansion", markdown(expansion, [
-        ("variant", "variant"), ("problems", "problems"), ("max abs error", lambda r: f"{r['max_abs_error']:.1e}")]))
+    write_rows(
+        expansion,
+        output,
+        "expansion",
+        markdown(
+            expansion,
+            [
+                ("variant", "variant"),
+                ("problems", "problems"),
+                ("max abs error", lambda r: f"{r['max_abs_error']:.1e}"),
+            ],
+        ),
+    )
     start = time.perf_counter()
     sweep = r_sweep(series=series)
     seconds["sweep"] = time.perf_counter() - start

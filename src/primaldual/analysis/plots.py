@@ -58,8 +58,11 @@ def plot_redundancy(rows: Rows, path: str | Path) -> Path:
     _require(rows, ("attention", "layer", "l2_distance", "cosine_similarity"), "redundancy")
     layers = list(dict.fromkeys(row["layer"] for row in rows))
     fig = Figure(figsize=(11, 4), layout="constrained")
-    for ax, key, label in zip(fig.subplots(1, 2), ("l2_distance", "cosine_similarity"),
-                              ("mean pairwise L2 distance of attention", "mean pairwise cosine of head outputs")):
+    for ax, key, label in zip(
+        fig.subplots(1, 2),
+        ("l2_distance", "cosine_similarity"),
+        ("mean pairwise L2 distance of attention", "mean pairwise cosine of head outputs"),
+    ):
         for (name, group), marker in zip(_groups(rows).items(), itertools.cycle(MARKERS)):
             points = sorted((layers.index(row["layer"]), row[key]) for row in group)
             ax.plot(*zip(*points), marker=marker, label=name)
@@ -126,8 +129,9 @@ def _require(rows: Rows, keys: Sequence[str], what: str) -> None:
     for row in rows:
         missing = [key for key in keys if key not in row]
         if missing:
-            raise ValueError(f"{what} rows need the keys {', '.join(keys)}; this row lacks {', '.join(missing)}: "
-                             f"{dict(row)}")
+            raise ValueError(
+                f"{what} rows need the keys {', '.join(keys)}; this row lacks {', '.join(missing)}: {dict(row)}"
+            )
 
 
 def _groups(rows: Rows) -> dict[str, list[Mapping[str, Any]]]:

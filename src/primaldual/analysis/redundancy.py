@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import Attention
 from ..functional import attention_weights
+from ..layers import Attention
 
 Batch = Tensor | Sequence[Tensor | None]
 
@@ -48,8 +48,9 @@ class AttentionRecord:
         per sample, so a part of the batch has the weights it has in the whole."""
         index = samples if isinstance(samples, slice) else slice(samples, samples + 1)
         mask = None if self.key_padding_mask is None else self.key_padding_mask[index]
-        return attention_weights(self.q[index], self.k[index], self.layer.options.replace(causal=self.causal),
-                                 key_padding_mask=mask)
+        return attention_weights(
+            self.q[index], self.k[index], self.layer.options.replace(causal=self.causal), key_padding_mask=mask
+        )
 
     def valid_queries(self) -> Tensor:
         """``(B, N)`` bool: the queries that are not padding (self-attention: queries are the keys' positions)."""
@@ -86,7 +87,9 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs).arguments
         call.clear()
-        call.update(mask=bound.get("key_padding_mask"), causal=layer.options.causal or bool(bound.get("is_causal", False)))
+        call.update(
+            mask=bound.get("key_padding_mask"), causal=layer.options.causal or bool(bound.get("is_causal", False))
+        )
 
     def heads(module: nn.Module, args: tuple) -> None:
         b, n, _ = args[0].shape  # (B, N, H·Dv), the heads concatenated

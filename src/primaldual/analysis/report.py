@@ -83,13 +83,23 @@ def report(
     accuracy = _accuracy_rows(runs, datasets, cost_samples)
     redundancy, maps = _redundancy(runs, samples, output, notes, datasets)
     cost = _efficiency_rows(efficiency, runs, lengths, notes)
-    figures = {"accuracy": plot_accuracy(accuracy, output / "accuracy.png").name,
-               "cost": plot_cost(cost, output / "cost.png").name, "attention_maps": maps}
+    figures = {
+        "accuracy": plot_accuracy(accuracy, output / "accuracy.png").name,
+        "cost": plot_cost(cost, output / "cost.png").name,
+        "attention_maps": maps,
+    }
     if redundancy:
-        figures["redundancy"] = plot_redundancy([r for r in redundancy if r["layer"] != "all"],
-                                                output / "redundancy.png").name
-    content = {"runs": [_run_row(run) for run in runs], "accuracy": accuracy, "redundancy": redundancy,
-               "efficiency": cost, "figures": figures, "notes": notes}
+        figures["redundancy"] = plot_redundancy(
+            [r for r in redundancy if r["layer"] != "all"], output / "redundancy.png"
+        ).name
+    content = {
+        "runs": [_run_row(run) for run in runs],
+        "accuracy": accuracy,
+        "redundancy": redundancy,
+        "efficiency": cost,
+        "figures": figures,
+        "notes": notes,
+    }
     (output / "report.json").write_text(json_text(content))
     path = output / "report.md"
     path.write_text(_report_text(content, run_dirs))
@@ -106,14 +116,21 @@ def find_runs(run_dirs: Sequence[str | Path]) -> list[Run]:
             with open(folder / "summary.csv", newline="") as file:
                 listed = [row.get("attention") for row in csv.DictReader(file)]
             # the compare's order: attentions as summary.csv lists them, seeds by number
-            found = {name: sorted((p.parent for p in folder.glob(f"{glob.escape(str(name))}/seed*/metrics.json")),
-                                  key=lambda p: _seed_number(p.name)) for name in listed}
+            found = {
+                name: sorted(
+                    (p.parent for p in folder.glob(f"{glob.escape(str(name))}/seed*/metrics.json")),
+                    key=lambda p: _seed_number(p.name),
+                )
+                for name in listed
+            }
             missing = [name for name, paths in found.items() if not paths]
             if not listed:
                 raise ValueError(f"{folder}/summary.csv lists no attention (expected compare's summary)")
             if missing:
-                raise ValueError(f"{folder}/summary.csv lists attention {missing} without a finished run folder "
-                                 f"{folder}/<attention>/seed<k>/metrics.json")
+                raise ValueError(
+                    f"{folder}/summary.csv lists attention {missing} without a finished run folder "
+                    f"{folder}/<attention>/seed<k>/metrics.json"
+                )
             paths = [path for name in listed for path in found[name]]
         elif (folder / "metrics.json").is_file():
             paths = [folder]
@@ -150,9 +167,16 @@ def _read_run(path: Path) -> Run:
 def _run_row(run: Run) -> dict[str, Any]:
     m = run.metrics
     return {
-        "run": str(run.path), "dataset": run.config.dataset, "attention": run.config.attention, "seed": run.config.seed,
-        "test_acc": 100 * m["test_accuracy"], "val_acc": _percent(m["val_accuracy"]), "best_epoch": m["best_epoch"],
-        "epochs": m["epochs"], "seconds_per_epoch": m["seconds_per_epoch"], "params": m["params"],
+        "run": str(run.path),
+        "dataset": run.config.dataset,
+        "attention": run.config.attention,
+        "seed": run.config.seed,
+        "test_acc": 100 * m["test_accuracy"],
+        "val_acc": _percent(m["val_accuracy"]),
+        "best_epoch": m["best_epoch"],
+        "epochs": m["epochs"],
+        "seconds_per_epoch": m["seconds_per_epoch"],
+        "params": m["params"],
     }
 
 
@@ -192,16 +216,24 @@ def _redundancy(
             model, batch = _model_and_batch(run, samples, datasets)
             measured.append(head_redundancy(model, batch))
             if len(measured) == 1:
-                maps.append(_attention_map(model, batch, output / f"attention_{_slug(dataset)}_{_slug(attention)}.png",
-                                           f"{dataset} / {attention}: first layer, first test sequence"))
+                maps.append(
+                    _attention_map(
+                        model,
+                        batch,
+                        output / f"attention_{_slug(dataset)}_{_slug(attention)}.png",
+                        f"{dataset} / {attention}: first layer, first test sequence",
+                    )
+                )
         if not measured:
             continue
         layer_rows = zip(*(result["layers"] for result in measured))
         for index, per_run in enumerate(layer_rows):
-            rows.append({"dataset": dataset, "attention": attention, "layer": index, "runs": len(measured),
-                         **_means(per_run)})
-        rows.append({"dataset": dataset, "attention": attention, "layer": "all", "runs": len(measured),
-                     **_means(measured)})
+            rows.append(
+                {"dataset": dataset, "attention": attention, "layer": index, "runs": len(measured), **_means(per_run)}
+            )
+        rows.append(
+            {"dataset": dataset, "attention": attention, "layer": "all", "runs": len(measured), **_means(measured)}
+        )
     return rows, maps
 
 
@@ -246,15 +278,26 @@ def _efficiency_rows(
         names = list(dict.fromkeys(run.config.attention for run in runs))
         scales = next((run.config.scales for run in runs if run.config.scales), None)
         window = next((run.config.window for run in runs if run.config.window is not None), 16)
-        notes.append(f"cost: FLOPs counted on CPU at width {c.width}, {c.heads} heads, batch 1 (shapes of "
-                     f"{runs[0].path}); pass efficiency rows for peak memory and time")
-        return measure_efficiency(names, lengths, scopes=("core", "layer"), measure=("flops",), dim=c.width,
-                                  num_heads=c.heads, scales=scales, window=window)
+        notes.append(
+            f"cost: FLOPs counted on CPU at width {c.width}, {c.heads} heads, batch 1 (shapes of "
+            f"{runs[0].path}); pass efficiency rows for peak memory and time"
+        )
+        return measure_efficiency(
+            names,
+            lengths,
+            scopes=("core", "layer"),
+            measure=("flops",),
+            dim=c.width,
+            num_heads=c.heads,
+            scales=scales,
+            window=window,
+        )
     if isinstance(given, (str, Path)):
         path = Path(given) / "efficiency.json" if Path(given).is_dir() else Path(given)
         if path.suffix != ".json" or not path.is_file():
-            raise FileNotFoundError(f"efficiency must be rows, a folder holding efficiency.json or that file; "
-                                    f"{path} not found")
+            raise FileNotFoundError(
+                f"efficiency must be rows, a folder holding efficiency.json or that file; {path} not found"
+            )
         given = json.loads(path.read_text())
     rows = [dict(row) for row in given]
     if not rows:
@@ -306,11 +349,17 @@ def cost_tables(rows: Sequence[Mapping[str, Any]], absolute: bool = False) -> st
         parts.append(f"{label}, by sequence length:\n\n" + markdown(pivot, columns))
     analytic = [r for r in rows if r.get("analytic_flops_ratio") is not None and r.get("flops_ratio") is not None]
     if analytic:
-        columns = [("attention", "attention"), ("N", "length"), ("counted", "flops_ratio"),
-                   ("analytic", "analytic_flops_ratio"),
-                   ("rel. difference", lambda r: r["flops_ratio"] / r["analytic_flops_ratio"] - 1)]
-        parts.append("SH FLOPs ratio, counted versus analytic (core scope; docs/theory.md: mean over heads of 1/r):\n\n"
-                     + markdown(analytic, columns))
+        columns = [
+            ("attention", "attention"),
+            ("N", "length"),
+            ("counted", "flops_ratio"),
+            ("analytic", "analytic_flops_ratio"),
+            ("rel. difference", lambda r: r["flops_ratio"] / r["analytic_flops_ratio"] - 1),
+        ]
+        parts.append(
+            "SH FLOPs ratio, counted versus analytic (core scope; docs/theory.md: mean over heads of 1/r):\n\n"
+            + markdown(analytic, columns)
+        )
     return "\n".join(parts)
 
 
@@ -327,18 +376,40 @@ def _report_text(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> 
         "(a batch of test samples, eval mode, the models of a dataset timed side by side on the CPU that wrote this "
         "report). Peak MB: the runs' mean peak memory while training and testing (CUDA: allocated by PyTorch; CPU: "
         "resident set of the process), – where a run predates its measurement.\n",
-        markdown(content["accuracy"], [
-            ("dataset", "dataset"), ("attention", "attention"), ("test acc (%)", "test_acc_mean"),
-            ("std", "test_acc_std"), ("val acc (%)", "val_acc_mean"), ("params", "params"),
-            ("MFLOPs / sample", lambda r: r["flops_per_sample"] / 1e6), ("samples / s", "samples_per_second"),
-            ("s / epoch", "seconds_per_epoch"), ("peak MB", lambda r: number(r["peak_memory_mb"], 1)),
-            ("epochs", "epochs_mean"), ("seeds", "seeds")]),
+        markdown(
+            content["accuracy"],
+            [
+                ("dataset", "dataset"),
+                ("attention", "attention"),
+                ("test acc (%)", "test_acc_mean"),
+                ("std", "test_acc_std"),
+                ("val acc (%)", "val_acc_mean"),
+                ("params", "params"),
+                ("MFLOPs / sample", lambda r: r["flops_per_sample"] / 1e6),
+                ("samples / s", "samples_per_second"),
+                ("s / epoch", "seconds_per_epoch"),
+                ("peak MB", lambda r: number(r["peak_memory_mb"], 1)),
+                ("epochs", "epochs_mean"),
+                ("seeds", "seeds"),
+            ],
+        ),
         f"![accuracy]({figures['accuracy']})\n",
         "## Runs\n",
-        markdown(content["runs"], [
-            ("run", "run"), ("dataset", "dataset"), ("attention", "attention"), ("seed", "seed"),
-            ("test acc (%)", "test_acc"), ("val acc (%)", "val_acc"), ("best epoch", "best_epoch"),
-            ("epochs", "epochs"), ("s / epoch", "seconds_per_epoch"), ("params", "params")]),
+        markdown(
+            content["runs"],
+            [
+                ("run", "run"),
+                ("dataset", "dataset"),
+                ("attention", "attention"),
+                ("seed", "seed"),
+                ("test acc (%)", "test_acc"),
+                ("val acc (%)", "val_acc"),
+                ("best epoch", "best_epoch"),
+                ("epochs", "epochs"),
+                ("s / epoch", "seconds_per_epoch"),
+                ("params", "params"),
+            ],
+        ),
         "## Head redundancy\n",
         "Per layer: mean over non-padded queries and pairs of heads of the L2 distance between the heads' attention "
         "distributions (larger: less redundant) and of the cosine similarity of the heads' outputs before the output "
@@ -347,13 +418,22 @@ def _report_text(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> 
         "layers.\n",
     ]
     if content["redundancy"]:
-        out += [markdown(content["redundancy"], [
-            ("dataset", "dataset"), ("attention", "attention"), ("layer", "layer"),
-            ("L2 distance", lambda r: number(r["l2_distance"], 4)),
-            ("cosine similarity", lambda r: number(r["cosine_similarity"], 4)), ("runs", "runs")]),
+        out += [
+            markdown(
+                content["redundancy"],
+                [
+                    ("dataset", "dataset"),
+                    ("attention", "attention"),
+                    ("layer", "layer"),
+                    ("L2 distance", lambda r: number(r["l2_distance"], 4)),
+                    ("cosine similarity", lambda r: number(r["cosine_similarity"], 4)),
+                    ("runs", "runs"),
+                ],
+            ),
             f"![redundancy]({figures['redundancy']})\n",
             "### Attention maps\n",
-            *(f"![{name}]({name})\n" for name in figures["attention_maps"])]
+            *(f"![{name}]({name})\n" for name in figures["attention_maps"]),
+        ]
     else:
         out.append("Not measured (no run folder holds model.safetensors).\n")
     out += [

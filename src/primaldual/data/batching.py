@@ -32,15 +32,26 @@ class LengthGroupedSampler(Sampler[int]):
     """
 
     def __init__(
-        self, lengths: Tensor | Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-        chunk_batches: int = 50, num_replicas: int = 1, rank: int = 0,
+        self,
+        lengths: Tensor | Sequence[int],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        chunk_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.lengths = torch.as_tensor(lengths)
         if self.lengths.dim() != 1 or self.lengths.is_floating_point():
-            raise ValueError(f"lengths must be a 1-d integer tensor (n,), got {self.lengths.dtype} "
-                             f"{tuple(self.lengths.shape)}")
-        for name, value in (("batch_size", batch_size), ("chunk_batches", chunk_batches),
-                            ("num_replicas", num_replicas)):
+            raise ValueError(
+                f"lengths must be a 1-d integer tensor (n,), got {self.lengths.dtype} {tuple(self.lengths.shape)}"
+            )
+        for name, value in (
+            ("batch_size", batch_size),
+            ("chunk_batches", chunk_batches),
+            ("num_replicas", num_replicas),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 <= rank < num_replicas:
@@ -56,19 +67,19 @@ class LengthGroupedSampler(Sampler[int]):
         n, size = len(self.lengths), self.batch_size
         if not self.shuffle:
             batches = list(torch.argsort(self.lengths, descending=True, stable=True).split(size))
-            return batches[self.rank::self.num_replicas]
+            return batches[self.rank :: self.num_replicas]
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(n, generator=generator)
         full = n - n % size  # chunks of whole batches; the partial one is kept for the end
         batches = []
         for start in range(0, full, size * self.chunk_batches):
-            part = order[start:min(start + size * self.chunk_batches, full)]
+            part = order[start : min(start + size * self.chunk_batches, full)]
             batches += part[torch.argsort(self.lengths[part], descending=True, stable=True)].split(size)
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         tail = [order[full:]] if n % size else []
         pool = batches or tail  # every process the same number of batches: repeat some
         batches += [pool[i % len(pool)] for i in range(-(len(batches) + len(tail)) % self.num_replicas)]
-        return (batches + tail)[self.rank::self.num_replicas]
+        return (batches + tail)[self.rank :: self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():

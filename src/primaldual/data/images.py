@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from .sequences import _describe
@@ -35,7 +34,16 @@ if TYPE_CHECKING:  # Pillow, timm and torchvision (the vision extra) are importe
 
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -144,15 +152,17 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"
     try:
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
             magic = f.read(4)
             if len(magic) < 4:
                 raise ValueError(f"{len(magic)} bytes, too short for an IDX header")
             if magic[:3] != b"\x00\x00" + bytes([_IDX_UINT8]) or magic[3] == 0:
                 raise ValueError(f"magic number 0x{magic.hex()} is not that of a uint8 IDX file (0x000008NN)")
             if ndim is not None and magic[3] != ndim:
-                raise ValueError(f"magic number 0x{magic.hex()} declares {magic[3]} dimensions, expected {ndim} "
-                                 f"(0x{0x800 + ndim:08x})")
+                raise ValueError(
+                    f"magic number 0x{magic.hex()} declares {magic[3]} dimensions, expected {ndim} "
+                    f"(0x{0x800 + ndim:08x})"
+                )
             header = f.read(4 * magic[3])
             if len(header) < 4 * magic[3]:
                 raise ValueError(f"truncated header: {magic[3]} sizes declared, {len(header)} bytes of them present")
@@ -162,8 +172,9 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
             while len(payload) < size and (chunk := f.read(min(_CHUNK, size - len(payload)))):
                 payload += chunk
             if len(payload) < size:
-                raise ValueError(f"truncated payload: sizes {shape} declare {size} bytes, "
-                                 f"the file holds {len(payload)}")
+                raise ValueError(
+                    f"truncated payload: sizes {shape} declare {size} bytes, the file holds {len(payload)}"
+                )
             if f.read(1):
                 raise ValueError(f"bytes beyond the {size} declared by sizes {shape}")
     except (ValueError, EOFError, gzip.BadGzipFile, zlib.error) as e:  # the last three: a damaged .gz
@@ -222,8 +233,9 @@ def load_cifar10_binary(root: str | os.PathLike) -> ImageData:
     splits = {}
     for split, names in _CIFAR10_FILES.items():
         images, labels = zip(*(_read_cifar10_batch(_cifar10_file(folder, name)) for name in names))
-        splits[split] = ImageSplit(torch.from_numpy(np.concatenate(images)),
-                                   torch.from_numpy(np.concatenate(labels).astype(np.int64)))
+        splits[split] = ImageSplit(
+            torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels).astype(np.int64))
+        )
     return ImageData("cifar10", classes, splits["train"], splits["test"])
 
 
@@ -242,8 +254,10 @@ def rgb_to_grey(rgb: np.ndarray) -> np.ndarray:
 def _cifar10_folder(root: Path) -> Path:
     """``root/cifar-10-batches-bin`` if it is a folder, else ``root``."""
     if not root.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 folder {root} not found: pass root= the folder {CIFAR10_FOLDER} of the "
-                                "binary version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent")
+        raise FileNotFoundError(
+            f"CIFAR-10 folder {root} not found: pass root= the folder {CIFAR10_FOLDER} of the "
+            "binary version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent"
+        )
     return root / CIFAR10_FOLDER if (root / CIFAR10_FOLDER).is_dir() else root
 
 
@@ -262,9 +276,11 @@ def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Grey images ``(n, 32, 32)`` uint8 and labels ``(n,)`` uint8 of one binary batch file."""
     size = path.stat().st_size
     if size == 0 or size % _CIFAR10_RECORD:
-        raise ValueError(f"{path}: {size} bytes, not a positive multiple of the {_CIFAR10_RECORD}-byte records of "
-                         "CIFAR-10's binary version (a label byte, then 3072 pixel bytes): truncated, or not such "
-                         "a file")
+        raise ValueError(
+            f"{path}: {size} bytes, not a positive multiple of the {_CIFAR10_RECORD}-byte records of "
+            "CIFAR-10's binary version (a label byte, then 3072 pixel bytes): truncated, or not such "
+            "a file"
+        )
     records = np.fromfile(path, dtype=np.uint8).reshape(-1, _CIFAR10_RECORD)
     labels = records[:, 0]
     if labels.max() >= len(CIFAR10_CLASSES):
@@ -307,8 +323,16 @@ def deit_transform(img_size: int = 224, *, train: bool) -> Callable:
 
     if not train:
         return create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
-    transform = create_transform(img_size, is_training=True, color_jitter=0.4, auto_augment="rand-m9-mstd0.5-inc1",
-                                 interpolation="bicubic", re_prob=0.25, re_mode="pixel", re_count=1)
+    transform = create_transform(
+        img_size,
+        is_training=True,
+        color_jitter=0.4,
+        auto_augment="rand-m9-mstd0.5-inc1",
+        interpolation="bicubic",
+        re_prob=0.25,
+        re_mode="pixel",
+        re_count=1,
+    )
     # timm's PosterizeIncreasing keeps 0 bits at magnitude 10 (m9 plus N(0, 0.5) noise reaches it), which
     # old Pillow turned into a black image and Pillow 13 rejects with a ValueError: keep 1 bit instead.
     for step in transform.transforms:
@@ -340,5 +364,6 @@ def image_folder(
     (or ``transform``) and :func:`load_rgb` as loader. Items: ``(image (3, img_size, img_size), class)``."""
     from torchvision.datasets import ImageFolder
 
-    return ImageFolder(root, transform=deit_transform(img_size, train=train) if transform is None else transform,
-                       loader=load_rgb)
+    return ImageFolder(
+        root, transform=deit_transform(img_size, train=train) if transform is None else transform, loader=load_rgb
+    )

@@ -178,8 +178,12 @@ def _pad_flat(
 
 
 def _check_params(min_length: int, max_length: int, max_depth: int, max_args: int) -> None:
-    for name, v, low in (("min_length", min_length, 0), ("max_length", max_length, 1), ("max_depth", max_depth, 1),
-                         ("max_args", max_args, 2)):
+    for name, v, low in (
+        ("min_length", min_length, 0),
+        ("max_length", max_length, 1),
+        ("max_depth", max_depth, 1),
+        ("max_args", max_args, 2),
+    ):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     longest = 1
@@ -235,8 +239,11 @@ def _sample_batch(
         if len(first):
             node_value[full] = np.select(
                 [ops == _MAX, ops == _MIN, ops == _MED],
-                [np.maximum.reduceat(value, first), np.minimum.reduceat(value, first),
-                 (ordered[first + (count - 1) // 2] + ordered[first + count // 2]) // 2],
+                [
+                    np.maximum.reduceat(value, first),
+                    np.minimum.reduceat(value, first),
+                    (ordered[first + (count - 1) // 2] + ordered[first + count // 2]) // 2,
+                ],
                 np.add.reduceat(value, first) % 10,
             )
         sizes[depth], value = size, node_value
@@ -300,7 +307,7 @@ def _generate(
         flat, length, label = _sample_batch(rng, _BATCH, min_length, max_length, max_depth, max_args)
         attempts += _BATCH
         for end, n, y in zip(np.cumsum(length).tolist(), length.tolist(), label.tolist()):
-            tokens = flat[end - n:end]
+            tokens = flat[end - n : end]
             key = hashlib.blake2b(tokens.tobytes(), digest_size=16).digest()
             if key in seen:
                 continue
@@ -365,8 +372,16 @@ def load_listops(
     written atomically; a missing, truncated or altered cache is regenerated (with a warning when a
     cache was there but unusable), and other parameters never reuse it.
     """
-    params = dict(num_train=num_train, num_val=num_val, num_test=num_test, seed=seed, min_length=min_length,
-                  max_length=max_length, max_depth=max_depth, max_args=max_args)
+    params = dict(
+        num_train=num_train,
+        num_val=num_val,
+        num_test=num_test,
+        seed=seed,
+        min_length=min_length,
+        max_length=max_length,
+        max_depth=max_depth,
+        max_args=max_args,
+    )
     for name in ("num_train", "num_val", "num_test", "seed"):
         if not isinstance(params[name], (int, np.integer)) or isinstance(params[name], bool) or params[name] < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {params[name]!r}")
@@ -376,17 +391,24 @@ def load_listops(
     data_path, manifest_path = Path(root) / f"listops-{tag}.npz", Path(root) / f"listops-{tag}.json"
     cached = _read_cache(data_path, manifest_path, params)
     if cached is None:
-        cached = _generate(num_train + num_val + num_test, seed, min_length, max_length, max_depth, max_args,
-                           None, progress)
+        cached = _generate(
+            num_train + num_val + num_test, seed, min_length, max_length, max_depth, max_args, None, progress
+        )
         _write_cache(data_path, manifest_path, params, *cached)
     flat, lengths, labels = cached
     bounds = np.cumsum([0, num_train, num_val, num_test])  # sequences of split i: bounds[i]..bounds[i + 1]
     token_bounds = np.concatenate([[0], np.cumsum(lengths)])[bounds]
-    return ListOpsData(*(
-        _pad_flat(flat[token_bounds[i]:token_bounds[i + 1]], lengths[bounds[i]:bounds[i + 1]],
-                  labels[bounds[i]:bounds[i + 1]], max_length)
-        for i in range(3)
-    ))
+    return ListOpsData(
+        *(
+            _pad_flat(
+                flat[token_bounds[i] : token_bounds[i + 1]],
+                lengths[bounds[i] : bounds[i + 1]],
+                labels[bounds[i] : bounds[i + 1]],
+                max_length,
+            )
+            for i in range(3)
+        )
+    )
 
 
 def _write_cache(
@@ -486,8 +508,10 @@ def _lines(file: TextIO, path: Path) -> Iterator[str]:
     try:
         for number, line in enumerate(file, 1):
             if len(line) > csv.field_size_limit():
-                raise ValueError(f"{path}, line {number}: {len(line)} characters, more than a field may hold "
-                                 f"(csv.field_size_limit() = {csv.field_size_limit()})")
+                raise ValueError(
+                    f"{path}, line {number}: {len(line)} characters, more than a field may hold "
+                    f"(csv.field_size_limit() = {csv.field_size_limit()})"
+                )
             yield line
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}, after line {number}: not UTF-8 text: {e.reason}") from None

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset, TensorDataset
 
 from .splits import ClassificationData
 
-
 #: Most values a padded split may hold (2**31: 8 GiB of float32): a file of a few short series and one
 #: enormous one would otherwise ask for (number of series) x (longest length) values, far past the memory.
 MAX_PADDED_VALUES = 2**31
@@ -106,8 +105,13 @@ class TokenSplit(SequenceSplit):
     True at padding; y ``(n,)`` int64 labels."""
 
     def _check_x(self) -> None:
-        if not isinstance(self.x, Tensor) or self.x.dim() != 2 or self.x.is_floating_point() or self.x.is_complex() \
-                or self.x.dtype == torch.bool:
+        if (
+            not isinstance(self.x, Tensor)
+            or self.x.dim() != 2
+            or self.x.is_floating_point()
+            or self.x.is_complex()
+            or self.x.dtype == torch.bool
+        ):
             raise ValueError(f"x must be an integer tensor (n, length) of token ids, got {_describe(self.x)}")
 
 

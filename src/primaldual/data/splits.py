@@ -45,6 +45,8 @@ def stratified_split(
     except ValueError as e:
         counts = {int(c): int(k) for c, k in zip(*np.unique(labels, return_counts=True))}
         subset = "" if max_samples is None else f", max_train_samples={max_samples}"
-        raise ValueError(f"val_fraction={val_fraction}{subset}: cannot carve a stratified validation split from "
-                         f"{source} ({len(labels)} samples, class sizes {counts}): {e}") from e
+        raise ValueError(
+            f"val_fraction={val_fraction}{subset}: cannot carve a stratified validation split from "
+            f"{source} ({len(labels)} samples, class sizes {counts}): {e}"
+        ) from e
     return np.sort(fit), np.sort(val)

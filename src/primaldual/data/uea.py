@@ -96,8 +96,10 @@ def read_ts(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
     series = list(x)
     # beyond half float32's range a value (or its difference from the channel mean) is inf in the float32 tensors
     if any((np.abs(s) > np.finfo(np.float32).max / 2).any() for s in series):
-        raise ValueError(f"{path}: contains infinite values or values beyond ±1.7e38, too large for float32 "
-                         f"(missing values must be written NaN or ?)")
+        raise ValueError(
+            f"{path}: contains infinite values or values beyond ±1.7e38, too large for float32 "
+            f"(missing values must be written NaN or ?)"
+        )
     return series, y
 
 
@@ -165,8 +167,11 @@ def multivariate_sets(root: str | Path | None = None) -> list[str]:
         if not root.is_dir():
             raise FileNotFoundError(f"root must be a folder of UEA/UCR .ts files, {root} is not a folder")
         files = sorted({*root.glob("*/*_TRAIN.ts"), *root.glob("*_TRAIN.ts")})
-    names = {f.name.removesuffix("_TRAIN.ts") for f in files
-             if f.is_file() and f.with_name(f.name.replace("_TRAIN.ts", "_TEST.ts")).is_file() and _multivariate(f)}
+    names = {
+        f.name.removesuffix("_TRAIN.ts")
+        for f in files
+        if f.is_file() and f.with_name(f.name.replace("_TRAIN.ts", "_TEST.ts")).is_file() and _multivariate(f)
+    }
     return sorted(names)
 
 

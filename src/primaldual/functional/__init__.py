@@ -16,8 +16,8 @@ from .variants import (
     linear_attention,
     linear_bn_attention,
     linear_sh_attention,
-    softmax_attention,
     sh_attention,
+    softmax_attention,
     sparse_attention,
 )
 from .weights import attention_weights

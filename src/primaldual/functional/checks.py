@@ -12,7 +12,9 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     """q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)``: same batch, heads, dtype, device."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape (batch, heads, seq, head_dim), got {type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor of shape (batch, heads, seq, head_dim), got {type(t).__name__}"
+            )
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
         if not t.is_floating_point():

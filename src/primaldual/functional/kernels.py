@@ -70,7 +70,9 @@ def _sliding_window(
     blocks = -(-nq // block)
     right = blocks * block + window - nk
     bands = [F.pad(t, (0, 0, window, right)).unfold(2, span, block).transpose(-2, -1) for t in (k, v)]
-    valid = torch.ones(k.shape[0], nk, dtype=torch.bool, device=k.device) if key_padding_mask is None else ~key_padding_mask
+    valid = (
+        torch.ones(k.shape[0], nk, dtype=torch.bool, device=k.device) if key_padding_mask is None else ~key_padding_mask
+    )
     valid = F.pad(valid, (window, right), value=False).unfold(1, span, block)  # (B, blocks, span)
     offset = torch.arange(span, device=q.device)[None, :] - torch.arange(block, device=q.device)[:, None]
     band = (offset >= 0) & (offset <= (window if causal else 2 * window))  # key c of query a: |a + w - c| <= w

@@ -51,7 +51,13 @@ def softmax_weights(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
 
 
 def softmax_attention(
-    q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, *, causal: bool = False, window: int | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    *,
+    causal: bool = False,
+    window: int | None = None,
 ) -> Tensor:
     """``f(q_i) = Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys (the dual form of docs/theory.md)."""
     allowed = allowed_matrix(q.shape[2], k.shape[2], key_padding_mask, q.shape[0], causal=causal, window=window)
@@ -146,7 +152,12 @@ def _per_head(q, k, v, scales, key_padding_mask, head_fn, num_prefix_tokens=0):
 
 
 def sh_attention(
-    q: Tensor, k: Tensor, v: Tensor, scales: Sequence[int], key_padding_mask: Tensor | None = None, num_prefix_tokens: int = 0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scales: Sequence[int],
+    key_padding_mask: Tensor | None = None,
+    num_prefix_tokens: int = 0,
 ) -> Tensor:
     """Attention-SH: head h is softmax attention on its keys and values pooled by ``scales[h]``."""
     return _per_head(q, k, v, scales, key_padding_mask, softmax_attention, num_prefix_tokens)

@@ -50,9 +50,7 @@ def check_inputs(
     if not spec.pooled:
         return None
     if options.scales is None:
-        raise ValueError(
-            f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})"
-        )
+        raise ValueError(f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})")
     scales = check_scales(options.scales, q.shape[1])
     if tracing():  # a graph for every length: no guard on N (pooling is shape-generic)
         return scales
@@ -60,9 +58,7 @@ def check_inputs(
     return tuple(min(r, pooled) for r in scales)
 
 
-def normalise(
-    options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def normalise(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """The normalisation step on keys already selected: BN's inputs for the variant's kernel, else unchanged.
 
     softmax kernel: ``(q - βμ) ⊘ s²`` and ``k - m`` (the shift identity); linear: ``x̂ = (x - βμ) ⊘ s`` on both.
@@ -132,9 +128,7 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor |
     return attention(q, k, v, "linear", key_padding_mask=key_padding_mask)
 
 
-def sparse_attention(
-    q: Tensor, k: Tensor, v: Tensor, window: int, key_padding_mask: Tensor | None = None
-) -> Tensor:
+def sparse_attention(q: Tensor, k: Tensor, v: Tensor, window: int, key_padding_mask: Tensor | None = None) -> Tensor:
     """Softmax attention where query i sees only keys with ``|i - j| <= window``."""
     return attention(q, k, v, "sparse", key_padding_mask=key_padding_mask, window=window)
 
@@ -150,9 +144,7 @@ def bn_attention(
 ) -> Tensor:
     """Attention-BN: ``softmax(x̂(q)ᵀx̂(k)/√D) v``, ``x̂ = (x - βμ) ⊘ sqrt(var + eps)`` with the statistics of
     the valid keys per sample, head and feature (prefix statistics when ``causal``)."""
-    return attention(
-        q, k, v, "bn", key_padding_mask=key_padding_mask, eps=eps, mean_weight=mean_weight, causal=causal
-    )
+    return attention(q, k, v, "bn", key_padding_mask=key_padding_mask, eps=eps, mean_weight=mean_weight, causal=causal)
 
 
 def sh_attention(

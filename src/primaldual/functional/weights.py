@@ -65,9 +65,7 @@ def attention_weights(
 
 def _kernel_weights(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
     """Normalisation then kernel weights on keys already selected, the step ``functional.variants`` takes."""
-    allowed = allowed_keys(
-        q.shape[2], k.shape[2], mask, causal=options.causal, window=options.window, device=q.device
-    )
+    allowed = allowed_keys(q.shape[2], k.shape[2], mask, causal=options.causal, window=options.window, device=q.device)
     q, k = normalise(options, q, k, mask)
     if options.spec.kernel == "softmax":
         return reference.softmax_weights(q, k, allowed)

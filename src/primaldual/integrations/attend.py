@@ -106,7 +106,13 @@ def with_causal(options: AttentionOptions, causal: bool) -> AttentionOptions:
 
 
 def explicit_attention(
-    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, pattern: MaskPattern, *, dropout_p: float,
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: MaskPattern,
+    *,
+    dropout_p: float,
     need_weights: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """Softmax-kernel attention on any prefix pattern, weights formed explicitly ``(B, H, Nq, Nk)``.

@@ -77,8 +77,14 @@ class MultiheadAttention(nn.Module):
         pattern = self._pattern(q.shape[0], q.shape[1], k.shape[1], key_padding_mask, attn_mask, is_causal, q.device)
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in self._project(q, k, v))
         out, weights = attend(
-            self.options, q, k, v, pattern, causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
+            self.options,
+            q,
+            k,
+            v,
+            pattern,
+            causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
         )
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         out = out if batched and self.batch_first else out.transpose(0, 1) if batched else out[0]
@@ -95,14 +101,22 @@ class MultiheadAttention(nn.Module):
 
     def _project(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The input projections, packed (``in_proj_weight``) or separate (``q/k/v_proj_weight``)."""
-        weights = self.in_proj_weight.chunk(3) if self.packed else (
-            self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        weights = (
+            self.in_proj_weight.chunk(3)
+            if self.packed
+            else (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         )
         biases = (None,) * 3 if self.in_proj_bias is None else self.in_proj_bias.chunk(3)
         return tuple(F.linear(x, w, b) for x, w, b in zip((q, k, v), weights, biases))
 
     def _pattern(
-        self, b: int, nq: int, nk: int, key_padding_mask: Tensor | None, attn_mask: Tensor | None, is_causal: bool,
+        self,
+        b: int,
+        nq: int,
+        nk: int,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        is_causal: bool,
         device: torch.device,
     ) -> MaskPattern | None:
         """The masks as one pattern, None without masks (``attend`` then follows ``is_causal``)."""
@@ -112,8 +126,10 @@ class MultiheadAttention(nn.Module):
         if attn_mask is None:
             if valid is None:
                 return None
-            return causal_pattern(b, nq, nk, ~valid, device) if is_causal else split_mask(
-                valid[:, None, :].expand(b, nq, nk), name="key_padding_mask"
+            return (
+                causal_pattern(b, nq, nk, ~valid, device)
+                if is_causal
+                else split_mask(valid[:, None, :].expand(b, nq, nk), name="key_padding_mask")
             )
         allowed = allowed_from_mask(attn_mask, true_means="ignore", name="attn_mask")
         if allowed.dim() == 3:  # (B * H, L, S)

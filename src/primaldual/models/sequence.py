@@ -73,13 +73,22 @@ class SequenceClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if (in_channels is None) == (vocab_size is None):
-            raise ValueError(f"give exactly one of in_channels (float series) and vocab_size (token ids), got "
-                             f"in_channels={in_channels!r}, vocab_size={vocab_size!r}")
+            raise ValueError(
+                f"give exactly one of in_channels (float series) and vocab_size (token ids), got "
+                f"in_channels={in_channels!r}, vocab_size={vocab_size!r}"
+            )
         if vocab_size is not None and patch_size != 1:
-            raise ValueError(f"patch_size must be 1 with vocab_size (token ids are embedded one per position), "
-                             f"got {patch_size!r}")
-        sizes = dict(in_channels=in_channels, vocab_size=vocab_size, num_classes=num_classes, max_length=max_length,
-                     depth=depth, patch_size=patch_size)
+            raise ValueError(
+                f"patch_size must be 1 with vocab_size (token ids are embedded one per position), got {patch_size!r}"
+            )
+        sizes = dict(
+            in_channels=in_channels,
+            vocab_size=vocab_size,
+            num_classes=num_classes,
+            max_length=max_length,
+            depth=depth,
+            patch_size=patch_size,
+        )
         for name, value in sizes.items():
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -120,14 +129,18 @@ class SequenceClassifier(nn.Module):
         if key_padding_mask is None:
             key_padding_mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
         if key_padding_mask.dtype != torch.bool or key_padding_mask.shape != x.shape[:2]:
-            raise ValueError(f"key_padding_mask must be bool (batch, length) = {tuple(x.shape[:2])} (True = padding), "
-                             f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"key_padding_mask must be bool (batch, length) = {tuple(x.shape[:2])} (True = padding), "
+                f"got {key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
         x = x.masked_fill(key_padding_mask if tokens else key_padding_mask[..., None], 0)
         if tokens:
             x = x.long()  # per batch: ids may be stored narrower; nn.Embedding takes int64 (or int32) only
             if x.numel() and (x.min() < 0 or x.max() >= self.vocab_size):
-                raise ValueError(f"token ids must lie in [0, vocab_size={self.vocab_size}), got range "
-                                 f"[{x.min().item()}, {x.max().item()}]")
+                raise ValueError(
+                    f"token ids must lie in [0, vocab_size={self.vocab_size}), got range "
+                    f"[{x.min().item()}, {x.max().item()}]"
+                )
             x = self.embed(x)
         elif self.patch_size > 1:
             pad = -x.shape[1] % self.patch_size  # complete the last patch with padding

@@ -7,12 +7,29 @@ from typing import Any
 
 from .config import TASKS, TrainConfig
 
-__all__ = ["TASKS", "Classifier", "RngState", "TrainConfig", "build_model", "compare", "load_data", "summary_row", "train"]
+__all__ = [
+    "TASKS",
+    "Classifier",
+    "RngState",
+    "TrainConfig",
+    "build_model",
+    "compare",
+    "load_data",
+    "summary_row",
+    "train",
+]
 
 # where the Lightning-based names live: importing Lightning takes seconds, so it waits for first use
 # (``primaldual --help`` and config checks stay fast)
-_LAZY = {"Classifier": "module", "RngState": "module", "build_model": "run", "compare": "run", "load_data": "run",
-         "summary_row": "run", "train": "run"}
+_LAZY = {
+    "Classifier": "module",
+    "RngState": "module",
+    "build_model": "run",
+    "compare": "run",
+    "load_data": "run",
+    "summary_row": "run",
+    "train": "run",
+}
 
 
 def __getattr__(name: str) -> Any:

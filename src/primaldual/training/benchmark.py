@@ -53,9 +53,23 @@ from .tasks import build_model
 #: The transformer of every dataset unless overridden: small enough for a run of seconds on one CPU thread.
 #: ``patch_size`` is not here: it is ``ceil(length / TOKENS)`` (series cut into at most TOKENS tokens).
 SETTINGS: dict[str, Any] = {
-    "d_model": 32, "depth": 2, "num_heads": 4, "mlp_ratio": 2.0, "dropout": 0.2, "pooling": "flatten",
-    "epochs": 20, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 3.0, "grad_clip": 1.0,
-    "jitter": 0.0, "normalize": True, "val_fraction": 0.0, "threads": 1, "accelerator": "cpu",
+    "d_model": 32,
+    "depth": 2,
+    "num_heads": 4,
+    "mlp_ratio": 2.0,
+    "dropout": 0.2,
+    "pooling": "flatten",
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.05,
+    "warmup_epochs": 3.0,
+    "grad_clip": 1.0,
+    "jitter": 0.0,
+    "normalize": True,
+    "val_fraction": 0.0,
+    "threads": 1,
+    "accelerator": "cpu",
 }
 TOKENS = 32
 CV_SEED = 0  # the seed of the fold split and of the cross-validation runs
@@ -64,8 +78,16 @@ MINIROCKET = "minirocket"
 BASELINES = {MINIROCKET: "MiniRocketClassifier", "multirockethydra": "MultiRocketHydraClassifier"}
 VARIANTS = PAPER_VARIANTS
 #: The bundled multivariate sets in the order the benchmark runs them (the largest last).
-DATASETS = ("JapaneseVowels", "BasicMotions", "SelfRegulationSCP1", "SelfRegulationSCP2", "FingerMovements",
-            "HandMovementDirection", "EyesOpenShut", "Blink")
+DATASETS = (
+    "JapaneseVowels",
+    "BasicMotions",
+    "SelfRegulationSCP1",
+    "SelfRegulationSCP2",
+    "FingerMovements",
+    "HandMovementDirection",
+    "EyesOpenShut",
+    "Blink",
+)
 
 Measure = Callable[[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]], Mapping[str, float]]
 
@@ -87,8 +109,13 @@ class Job:
         return Path(output) / "records" / self.dataset / self.method / self.name
 
 
-def jobs(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[int], folds: int,
-         baselines: Sequence[str] = (MINIROCKET,)) -> list[Job]:
+def jobs(
+    datasets: Sequence[str],
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    folds: int,
+    baselines: Sequence[str] = (MINIROCKET,),
+) -> list[Job]:
     """Every job of a benchmark, dataset by dataset (a worker then reuses the data it loaded)."""
     if folds < 2:
         raise ValueError(f"folds must be >= 2 (k-fold cross-validation), got {folds}")
@@ -105,16 +132,27 @@ def jobs(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[int],
     return out
 
 
-def dataset_config(dataset: str, data: SequenceData, attention: str, seed: int,
-                   overrides: Mapping[str, Any] | None = None, root: str | None = None) -> TrainConfig:
+def dataset_config(
+    dataset: str,
+    data: SequenceData,
+    attention: str,
+    seed: int,
+    overrides: Mapping[str, Any] | None = None,
+    root: str | None = None,
+) -> TrainConfig:
     """The benchmark's :class:`TrainConfig` for ``dataset``: :data:`SETTINGS`, patch size from the length, then
     ``overrides`` (a mapping of options for every dataset, whose ``datasets`` entry maps names to options for one)."""
     overrides = dict(overrides or {})
     per_dataset = overrides.pop("datasets", {}) or {}
-    options = {**SETTINGS, "patch_size": math.ceil(data.max_length / TOKENS), **overrides,
-               **per_dataset.get(dataset, {})}
-    return TrainConfig.from_dict({**options, "task": "timeseries", "dataset": dataset, "root": root,
-                                  "attention": attention, "seed": seed})
+    options = {
+        **SETTINGS,
+        "patch_size": math.ceil(data.max_length / TOKENS),
+        **overrides,
+        **per_dataset.get(dataset, {}),
+    }
+    return TrainConfig.from_dict(
+        {**options, "task": "timeseries", "dataset": dataset, "root": root, "attention": attention, "seed": seed}
+    )
 
 
 @lru_cache(maxsize=2)
@@ -139,8 +177,9 @@ def subset(split: SequenceSplit, index: np.ndarray) -> SequenceSplit:
     return SequenceSplit(split.x[i], split.mask[i], split.y[i], split.jitter)
 
 
-def fit(config: TrainConfig, data: SequenceData, train: SequenceSplit,
-        evaluate: Mapping[str, SequenceSplit]) -> tuple[Classifier, EpochEvaluation, float]:
+def fit(
+    config: TrainConfig, data: SequenceData, train: SequenceSplit, evaluate: Mapping[str, SequenceSplit]
+) -> tuple[Classifier, EpochEvaluation, float]:
     """Train ``config``'s model on ``train`` for ``config.epochs`` epochs (no selection, no checkpoint), the
     accuracy on each of ``evaluate`` recorded after every epoch; returns the module, the record and the seconds."""
     if config.threads:
@@ -148,16 +187,25 @@ def fit(config: TrainConfig, data: SequenceData, train: SequenceSplit,
     torch.set_flush_denormal(True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = build_model(config, data)
-    module = Classifier(model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay,
-                        warmup_epochs=config.warmup_epochs)
+    module = Classifier(
+        model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs
+    )
     record = EpochEvaluation(evaluate)
     loader = DataLoader(replace(train, jitter=config.jitter).to_dataset(), config.batch_size, shuffle=True)
     started = time.perf_counter()
     with lightning_output(False, ignore=(".*GPU available but not used.*",)):
-        trainer = L.Trainer(max_epochs=config.epochs, accelerator=config.accelerator, devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            gradient_clip_val=config.grad_clip or None, callbacks=[record],
-                            precision=config.precision)
+        trainer = L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=config.grad_clip or None,
+            callbacks=[record],
+            precision=config.precision,
+        )
         trainer.fit(module, loader)
     return module, record, time.perf_counter() - started
 
@@ -168,9 +216,15 @@ def run_cv(job: Job, overrides: Mapping[str, Any], root: str | None, folds: int)
     config = dataset_config(job.dataset, data, job.method, CV_SEED, overrides, root)
     fit_index, val_index = folds_of(data.train.y, folds)[job.index]
     _, record, seconds = fit(config, data, subset(data.train, fit_index), {"val": subset(data.train, val_index)})
-    return {"val_acc": record.curve("val"), "train_loss": [r.get("train_loss") for r in record.rows],
-            "seconds": seconds, "folds": folds, "fit_series": len(fit_index), "val_series": len(val_index),
-            "config": config.to_dict()}
+    return {
+        "val_acc": record.curve("val"),
+        "train_loss": [r.get("train_loss") for r in record.rows],
+        "seconds": seconds,
+        "folds": folds,
+        "fit_series": len(fit_index),
+        "val_series": len(val_index),
+        "config": config.to_dict(),
+    }
 
 
 def run_seed(job: Job, overrides: Mapping[str, Any], root: str | None, measure: Measure | None) -> dict[str, Any]:
@@ -178,9 +232,14 @@ def run_seed(job: Job, overrides: Mapping[str, Any], root: str | None, measure: 
     data = load(job.dataset, root)
     config = dataset_config(job.dataset, data, job.method, job.index, overrides, root)
     module, record, seconds = fit(config, data, data.train, {"test": data.test})
-    result = {"test_acc": record.curve("test"), "train_loss": [r.get("train_loss") for r in record.rows],
-              "seconds": seconds, "seconds_per_epoch": float(np.mean([r["seconds"] for r in record.rows])),
-              "params": sum(p.numel() for p in module.model.parameters()), "config": config.to_dict()}
+    result = {
+        "test_acc": record.curve("test"),
+        "train_loss": [r.get("train_loss") for r in record.rows],
+        "seconds": seconds,
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in record.rows])),
+        "params": sum(p.numel() for p in module.model.parameters()),
+        "config": config.to_dict(),
+    }
     if measure is not None:
         batch = (data.test.x[:8], data.test.mask[:8])
         result.update(measure(module.model, batch))
@@ -202,13 +261,26 @@ def run_baseline(job: Job, root: str | None) -> dict[str, Any]:
     classifier.fit(x_train, data.train.y.numpy())
     predicted = classifier.predict(x_test)
     seconds = time.perf_counter() - started
-    return {"test_accuracy": float((predicted == data.test.y.numpy()).mean()), "seconds": seconds,
-            "config": {"estimator": f"aeon.classification.convolution_based.{estimator}", "n_jobs": 1,
-                       "random_state": job.index, "padded_length": data.max_length}}
+    return {
+        "test_accuracy": float((predicted == data.test.y.numpy()).mean()),
+        "seconds": seconds,
+        "config": {
+            "estimator": f"aeon.classification.convolution_based.{estimator}",
+            "n_jobs": 1,
+            "random_state": job.index,
+            "padded_length": data.max_length,
+        },
+    }
 
 
-def run_job(job: Job, output: str | Path, overrides: Mapping[str, Any] | None = None, root: str | None = None,
-            folds: int = 3, measure: Measure | None = None) -> str:
+def run_job(
+    job: Job,
+    output: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    root: str | None = None,
+    folds: int = 3,
+    measure: Measure | None = None,
+) -> str:
     """Run ``job`` unless its record exists or another process holds it; returns what happened, one line."""
     folder = job.folder(output)
     path = folder / "record.json"
@@ -243,10 +315,20 @@ def check_records(output: str | Path, overrides: Mapping[str, Any] | None, root:
             raise ValueError(f"{path} was made with other options ({', '.join(changed)}): use another --output")
 
 
-def benchmark(datasets: Sequence[str], variants: Sequence[str], seeds: Sequence[int], output: str | Path, *,
-              folds: int = 3, workers: int = 1, root: str | None = None, overrides: Mapping[str, Any] | None = None,
-              baselines: Sequence[str] = (MINIROCKET,), measure: Measure | None = None,
-              log: Callable[[str], None] = print) -> list[Job]:
+def benchmark(
+    datasets: Sequence[str],
+    variants: Sequence[str],
+    seeds: Sequence[int],
+    output: str | Path,
+    *,
+    folds: int = 3,
+    workers: int = 1,
+    root: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    baselines: Sequence[str] = (MINIROCKET,),
+    measure: Measure | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Job]:
     """Run every job of the benchmark not yet done into ``output`` with ``workers`` processes; returns the jobs.
 
     Resumable (finished jobs are skipped) and shareable (jobs another process holds are passed over).
@@ -280,5 +362,10 @@ def protocol_accuracies(cv_curves: Sequence[Sequence[float]], test_curve: Sequen
         raise ValueError(f"the validation curves have {len(mean)} epochs, the test curve {len(test_curve)}")
     chosen = int(np.flatnonzero(mean == mean.max())[-1])
     best = int(np.argmax(test_curve))
-    return {"train-only": test_curve[chosen], "train_only_epoch": chosen, "cv_accuracy": float(mean[chosen]),
-            "test-selected": test_curve[best], "test_selected_epoch": best}
+    return {
+        "train-only": test_curve[chosen],
+        "train_only_epoch": chosen,
+        "cv_accuracy": float(mean[chosen]),
+        "test-selected": test_curve[best],
+        "test_selected_epoch": best,
+    }

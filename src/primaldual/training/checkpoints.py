@@ -32,8 +32,20 @@ from .config import TrainConfig
 
 #: Options that a resumed run may change: its length and where and how it runs. Any other option defines the
 #: data, the model or the optimisation, and must equal the checkpoint's.
-RESUME_OPTIONS = frozenset({"epochs", "patience", "output", "root", "threads", "num_workers", "accelerator",
-                            "devices", "num_nodes", "strategy"})
+RESUME_OPTIONS = frozenset(
+    {
+        "epochs",
+        "patience",
+        "output",
+        "root",
+        "threads",
+        "num_workers",
+        "accelerator",
+        "devices",
+        "num_nodes",
+        "strategy",
+    }
+)
 #: Options of where and how fast a run ran, not of what it computed: a finished run is the same whatever they were.
 PLACEMENT_OPTIONS = RESUME_OPTIONS - {"epochs", "patience"}
 
@@ -55,8 +67,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else "empty or truncated"
         raise ValueError(f"checkpoint {path} is damaged or not a checkpoint: {type(e).__name__}: {reason}") from e
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise ValueError(f"{path} is not a Lightning checkpoint: expected a dict with a 'state_dict' dict, got "
-                         f"{type(checkpoint).__name__}")
+        raise ValueError(
+            f"{path} is not a Lightning checkpoint: expected a dict with a 'state_dict' dict, got "
+            f"{type(checkpoint).__name__}"
+        )
     return checkpoint
 
 
@@ -72,12 +86,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, file)
 
     def load_checkpoint(
-        self, path: str | os.PathLike, map_location: Callable | str | torch.device | None = "cpu",
+        self,
+        path: str | os.PathLike,
+        map_location: Callable | str | torch.device | None = "cpu",
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
         if weights_only is False:
-            raise ValueError(f"checkpoints are only loaded with weights_only=True (no code runs on load), "
-                             f"asked to load {path} with weights_only=False")
+            raise ValueError(
+                f"checkpoints are only loaded with weights_only=True (no code runs on load), "
+                f"asked to load {path} with weights_only=False"
+            )
         return load_checkpoint(path, map_location)
 
 
@@ -95,16 +113,24 @@ def check_state_dict(expected: Mapping[str, Tensor], found: Mapping[str, Any], s
     """ValueError naming ``source`` and what differs unless ``found`` has exactly the keys of ``expected``
     (a model's ``state_dict()``), each a tensor of the same shape."""
     differences = {
-        "shapes (file vs model)": [f"{k} {_shape(found[k])} vs {_shape(t)}" for k, t in expected.items()
-                                   if k in found and _shape(found[k]) != _shape(t)],
+        "shapes (file vs model)": [
+            f"{k} {_shape(found[k])} vs {_shape(t)}"
+            for k, t in expected.items()
+            if k in found and _shape(found[k]) != _shape(t)
+        ],
         "missing": [k for k in expected if k not in found],
         "unexpected": [k for k in found if k not in expected],
     }
-    named = [f"{what}: {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
-             for what, keys in differences.items() if keys]
+    named = [
+        f"{what}: {', '.join(keys[:5])}" + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        for what, keys in differences.items()
+        if keys
+    ]
     if named:
-        raise ValueError(f"{source} holds weights of another model configuration ({'; '.join(named)}); load it "
-                         f"into the model of the options it was trained with (its run's config.yaml)")
+        raise ValueError(
+            f"{source} holds weights of another model configuration ({'; '.join(named)}); load it "
+            f"into the model of the options it was trained with (its run's config.yaml)"
+        )
 
 
 def _shape(value: Any) -> tuple[int, ...] | str:
@@ -117,8 +143,11 @@ def changed_options(
 ) -> list[str]:
     """``"name: saved -> new"`` for each option of ``config`` that differs from the ``saved`` options, but for
     those in ``ignore`` (by default those a continued run may change) and options ``saved`` predates."""
-    return [f"{k}: {saved[k]!r} -> {v!r}" for k, v in config.to_dict().items()
-            if k not in ignore and k in saved and saved[k] != v]
+    return [
+        f"{k}: {saved[k]!r} -> {v!r}"
+        for k, v in config.to_dict().items()
+        if k not in ignore and k in saved and saved[k] != v
+    ]
 
 
 def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, config: TrainConfig, model: nn.Module) -> None:
@@ -129,8 +158,10 @@ def check_resume(checkpoint: Mapping[str, Any], path: str | os.PathLike, config:
     if isinstance(saved, dict):
         changed = changed_options(saved, config)
         if changed:
-            raise ValueError(f"cannot resume {path} with other options ({'; '.join(changed)}); a resumed run may "
-                             f"only change {', '.join(sorted(RESUME_OPTIONS))}")
+            raise ValueError(
+                f"cannot resume {path} with other options ({'; '.join(changed)}); a resumed run may "
+                f"only change {', '.join(sorted(RESUME_OPTIONS))}"
+            )
     check_state_dict(model.state_dict(), checkpoint["state_dict"], path)
 
 

@@ -40,8 +40,11 @@ from ..models.vit import PRESETS
 
 TASKS = ("timeseries", "image", "listops", "pixels")
 # the datasets of each task but timeseries (whose dataset is any UEA name)
-TASK_DATASETS = {"image": ("fashion-mnist", "imagefolder"), "listops": ("listops", "listops-tsv"),
-                 "pixels": ("fashion-mnist", "cifar10")}
+TASK_DATASETS = {
+    "image": ("fashion-mnist", "imagefolder"),
+    "listops": ("listops", "listops-tsv"),
+    "pixels": ("fashion-mnist", "cifar10"),
+}
 ROOT_REQUIRED = ("imagefolder", "listops-tsv", "cifar10")  # datasets with no default folder (task not timeseries)
 TOKEN_TASKS = ("listops", "pixels")  # token ids, embedded one per position
 
@@ -56,60 +59,93 @@ class TrainConfig:
     """One training run: data, model, optimiser, trainer and output options (see each field's help)."""
 
     # data
-    task: str = _option("timeseries", "what to train on: timeseries (UEA classification), image (ViT on images), "
-                                      "listops (LRA ListOps token sequences), pixels (grey-level token sequences: "
-                                      "Fashion-MNIST's 784, or sequential CIFAR-10's 1024: LRA's Image task)",
-                        choices=TASKS)
-    dataset: str = _option("JapaneseVowels", "timeseries: UEA dataset name (a bundled one, or one found under "
-                                             "--root); image: fashion-mnist or imagefolder; listops: listops "
-                                             "(generated) or listops-tsv (LRA's basic_{train,val,test}.tsv); "
-                                             "pixels: fashion-mnist or cifar10 (sequential CIFAR-10 in grey levels, "
-                                             "LRA's Image task)")
-    root: str | None = _option(None, "data folder: timeseries: holds <dataset>/<dataset>_TRAIN.ts and _TEST.ts "
-                                     "(default: the bundled data); fashion-mnist: its four IDX files (default: "
-                                     "/usr/share/datasets/fashion-mnist, Debian package dataset-fashion-mnist); "
-                                     "imagefolder (required): train/<class>/* and val/<class>/* (the ImageNet "
-                                     "layout; val/ is the test split); listops: the generated data's cache "
-                                     "(default: runs/data/listops); listops-tsv (required): LRA's TSV files; "
-                                     "cifar10 (required): the folder cifar-10-batches-bin of CIFAR-10's binary "
-                                     "version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent")
-    val_fraction: float = _option(0.2, "fraction of the training split held out for validation (stratified), in "
-                                       "[0, 1); with 0 the best epoch is chosen on training loss; not used by "
-                                       "listops, which has num_val")
-    normalize: bool = _option(True, "standardise each channel with the training split's mean and std (timeseries, "
-                                    "fashion-mnist images; imagefolder uses ImageNet's)")
-    jitter: float = _option(0.0, "timeseries: std of the Gaussian noise added to the training series at every valid "
-                                 "step, drawn anew each epoch, in the units of the (normalised) data: the jitter "
-                                 "augmentation (0: none)")
-    augment: bool = _option(True, "augment the image task's training images: fashion-mnist: random crop with "
-                                  "2-pixel padding and horizontal flip; imagefolder: DeiT's (random resized crop, "
-                                  "flip, RandAugment, random erasing)")
-    max_train_samples: int | None = _option(None, "train on a random stratified subset of this many samples of the "
-                                                  "training split, before the validation split is held out (image, "
-                                                  "pixels; for quick runs) (default: all)")
+    task: str = _option(
+        "timeseries",
+        "what to train on: timeseries (UEA classification), image (ViT on images), "
+        "listops (LRA ListOps token sequences), pixels (grey-level token sequences: "
+        "Fashion-MNIST's 784, or sequential CIFAR-10's 1024: LRA's Image task)",
+        choices=TASKS,
+    )
+    dataset: str = _option(
+        "JapaneseVowels",
+        "timeseries: UEA dataset name (a bundled one, or one found under "
+        "--root); image: fashion-mnist or imagefolder; listops: listops "
+        "(generated) or listops-tsv (LRA's basic_{train,val,test}.tsv); "
+        "pixels: fashion-mnist or cifar10 (sequential CIFAR-10 in grey levels, "
+        "LRA's Image task)",
+    )
+    root: str | None = _option(
+        None,
+        "data folder: timeseries: holds <dataset>/<dataset>_TRAIN.ts and _TEST.ts "
+        "(default: the bundled data); fashion-mnist: its four IDX files (default: "
+        "/usr/share/datasets/fashion-mnist, Debian package dataset-fashion-mnist); "
+        "imagefolder (required): train/<class>/* and val/<class>/* (the ImageNet "
+        "layout; val/ is the test split); listops: the generated data's cache "
+        "(default: runs/data/listops); listops-tsv (required): LRA's TSV files; "
+        "cifar10 (required): the folder cifar-10-batches-bin of CIFAR-10's binary "
+        "version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent",
+    )
+    val_fraction: float = _option(
+        0.2,
+        "fraction of the training split held out for validation (stratified), in "
+        "[0, 1); with 0 the best epoch is chosen on training loss; not used by "
+        "listops, which has num_val",
+    )
+    normalize: bool = _option(
+        True,
+        "standardise each channel with the training split's mean and std (timeseries, "
+        "fashion-mnist images; imagefolder uses ImageNet's)",
+    )
+    jitter: float = _option(
+        0.0,
+        "timeseries: std of the Gaussian noise added to the training series at every valid "
+        "step, drawn anew each epoch, in the units of the (normalised) data: the jitter "
+        "augmentation (0: none)",
+    )
+    augment: bool = _option(
+        True,
+        "augment the image task's training images: fashion-mnist: random crop with "
+        "2-pixel padding and horizontal flip; imagefolder: DeiT's (random resized crop, "
+        "flip, RandAugment, random erasing)",
+    )
+    max_train_samples: int | None = _option(
+        None,
+        "train on a random stratified subset of this many samples of the "
+        "training split, before the validation split is held out (image, "
+        "pixels; for quick runs) (default: all)",
+    )
     num_train: int = _option(96_000, "generated ListOps: training expressions (LRA: 96000)")
     num_val: int = _option(2_000, "generated ListOps: validation expressions (LRA: 2000)")
     num_test: int = _option(2_000, "generated ListOps: test expressions (LRA: 2000)")
     min_length: int = _option(500, "generated ListOps: fewest tokens of an expression (LRA: 500)")
-    max_length: int = _option(2_000, "generated ListOps: most tokens of an expression, and the padded length "
-                                     "(LRA: 2000)")
-    bucket_by_length: bool = _option(False, "batch sequences of similar length together (sorted within shuffled "
-                                            "chunks of 50 batches) and cut each batch to its longest sequence: the "
-                                            "same model and loss on less padding (ListOps' 500-2000 tokens: about half "
-                                            "the positions, a third of the N^2 attention work); timeseries, listops "
-                                            "and pixels only")
+    max_length: int = _option(
+        2_000, "generated ListOps: most tokens of an expression, and the padded length (LRA: 2000)"
+    )
+    bucket_by_length: bool = _option(
+        False,
+        "batch sequences of similar length together (sorted within shuffled "
+        "chunks of 50 batches) and cut each batch to its longest sequence: the "
+        "same model and loss on less padding (ListOps' 500-2000 tokens: about half "
+        "the positions, a third of the N^2 attention work); timeseries, listops "
+        "and pixels only",
+    )
     # model
     attention: str = _option("softmax", "attention variant", choices=tuple(VARIANTS))
     # options of some variants only, ignored by the others (so that one config serves a comparison)
-    scales: list[int] | None = _option(None, "SH downsampling factor per head, used by the sh variants "
-                                              "(default: 1 2 4 8 repeated)")
+    scales: list[int] | None = _option(
+        None, "SH downsampling factor per head, used by the sh variants (default: 1 2 4 8 repeated)"
+    )
     window: int | None = _option(None, "half-width of the sliding window, used (and needed) by the sparse variant")
     eps: float = _option(1e-5, "BN variance floor, used by the bn variants")
     mean_weight: float = _option(1.0, "BN weight beta on the key mean, used by the bn variants")
-    model: str = _option("vit_28", "ViT preset of the image task: vit_28 (28x28 grey, 4x4 patches, width 128, 6 "
-                                   "blocks, 4 heads), vit_28_p7 (the same on 7x7 patches: 16 tokens), deit_tiny, deit_small (224x224 RGB, 16x16 patches); it fixes "
-                                   "width, depth, heads and MLP ratio, so d_model, depth, num_heads, mlp_ratio and "
-                                   "patch_size are not used by the image task", choices=tuple(PRESETS))
+    model: str = _option(
+        "vit_28",
+        "ViT preset of the image task: vit_28 (28x28 grey, 4x4 patches, width 128, 6 "
+        "blocks, 4 heads), vit_28_p7 (the same on 7x7 patches: 16 tokens), deit_tiny, deit_small (224x224 RGB, 16x16 patches); it fixes "
+        "width, depth, heads and MLP ratio, so d_model, depth, num_heads, mlp_ratio and "
+        "patch_size are not used by the image task",
+        choices=tuple(PRESETS),
+    )
     drop_path: float = _option(0.1, "stochastic depth rate of the ViT's blocks (image task; DeiT: 0.1)")
     d_model: int = _option(64, "token width")
     depth: int = _option(2, "number of encoder blocks")
@@ -117,31 +153,42 @@ class TrainConfig:
     mlp_ratio: float = _option(2.0, "MLP hidden width as a multiple of d_model")
     dropout: float = _option(0.2, "dropout on embeddings, attention weights, attention and MLP outputs")
     patch_size: int = _option(1, "time steps per token (Conv1d patch embedding when > 1, for long series)")
-    pooling: str = _option("mean", "read-out of the sequence classifier: the mean of the non-padded tokens, or "
-                           "all positions flattened into the head (the published UEA transformer's)",
-                           choices=("mean", "flatten"))
+    pooling: str = _option(
+        "mean",
+        "read-out of the sequence classifier: the mean of the non-padded tokens, or "
+        "all positions flattened into the head (the published UEA transformer's)",
+        choices=("mean", "flatten"),
+    )
     # optimisation
     epochs: int = _option(50, "maximum number of training epochs")
     batch_size: int = _option(32, "samples per batch (per device)")
     lr: float = _option(1e-3, "peak learning rate of AdamW")
     weight_decay: float = _option(0.05, "AdamW weight decay")
-    warmup_epochs: float = _option(5.0, "epochs of linear learning-rate warm-up before the cosine decay "
-                                        "(capped at the run's length)")
-    patience: int | None = _option(None, "stop after this many epochs without a better validation accuracy (training "
-                                         "loss if val_fraction is 0) (default: no early stopping)")
+    warmup_epochs: float = _option(
+        5.0, "epochs of linear learning-rate warm-up before the cosine decay (capped at the run's length)"
+    )
+    patience: int | None = _option(
+        None,
+        "stop after this many epochs without a better validation accuracy (training "
+        "loss if val_fraction is 0) (default: no early stopping)",
+    )
     grad_clip: float = _option(1.0, "clip the gradient norm to this value (0: no clipping)")
     # trainer
     precision: str = _option("32-true", "Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
     seed: int = _option(0, "seed of the data split, initialisation, shuffling and dropout")
-    threads: int = _option(1, "torch CPU threads per process, 0 for torch's default (one per core); small models "
-                              "gain nothing from more threads, and lose much when cores are shared")
+    threads: int = _option(
+        1,
+        "torch CPU threads per process, 0 for torch's default (one per core); small models "
+        "gain nothing from more threads, and lose much when cores are shared",
+    )
     accelerator: str = _option("auto", "Lightning accelerator: auto, cpu, gpu, ...")
     devices: int | str = _option(1, "devices per node: a count, 'auto', or a list such as '0,1'")
     num_nodes: int = _option(1, "number of nodes (multi-node DDP)")
     strategy: str = _option("auto", "Lightning strategy, e.g. auto, ddp, ddp_spawn")
     num_workers: int = _option(0, "DataLoader worker processes")
-    output: str = _option("runs/train", "output folder: config.yaml, metrics.json, metrics.csv, model.safetensors, "
-                                        "checkpoints/")
+    output: str = _option(
+        "runs/train", "output folder: config.yaml, metrics.json, metrics.csv, model.safetensors, checkpoints/"
+    )
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -152,25 +199,49 @@ class TrainConfig:
         if self.task not in TASKS:
             raise ValueError(f"config option task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task in TASK_DATASETS and self.dataset not in TASK_DATASETS[self.task]:
-            raise ValueError(f"config option dataset must be one of {', '.join(TASK_DATASETS[self.task])} for task "
-                             f"{self.task}, got {self.dataset!r}")
+            raise ValueError(
+                f"config option dataset must be one of {', '.join(TASK_DATASETS[self.task])} for task "
+                f"{self.task}, got {self.dataset!r}"
+            )
         if self.task != "timeseries" and self.dataset in ROOT_REQUIRED and self.root is None:
             raise ValueError(f"dataset {self.dataset} needs the option root (the folder holding its files)")
         if self.task == "image" and self.bucket_by_length:
-            raise ValueError("config option bucket_by_length applies to sequences (tasks timeseries, listops, pixels), "
-                             "not to the image task")
+            raise ValueError(
+                "config option bucket_by_length applies to sequences (tasks timeseries, listops, pixels), "
+                "not to the image task"
+            )
         if self.task != "timeseries" and self.jitter:
             raise ValueError(f"config option jitter applies to the timeseries task only, not to task {self.task}")
         if self.task in TOKEN_TASKS and self.patch_size != 1:
-            raise ValueError(f"config option patch_size must be 1 for task {self.task} (token ids are embedded one "
-                             f"per position), got {self.patch_size}")
+            raise ValueError(
+                f"config option patch_size must be 1 for task {self.task} (token ids are embedded one "
+                f"per position), got {self.patch_size}"
+            )
         get_variant(self.attention)  # names the known variants if unknown
-        for name in ("d_model", "depth", "num_heads", "patch_size", "epochs", "batch_size", "num_nodes", "num_train",
-                     "num_test", "max_length"):
+        for name in (
+            "d_model",
+            "depth",
+            "num_heads",
+            "patch_size",
+            "epochs",
+            "batch_size",
+            "num_nodes",
+            "num_train",
+            "num_test",
+            "max_length",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "num_workers", "threads", "num_val", "min_length",
-                     "jitter"):
+        for name in (
+            "weight_decay",
+            "warmup_epochs",
+            "grad_clip",
+            "num_workers",
+            "threads",
+            "num_val",
+            "min_length",
+            "jitter",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"config option {name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_fraction", "dropout", "drop_path"):
@@ -210,7 +281,9 @@ class TrainConfig:
         spec = get_variant(self.attention)
         scales = tuple(self.scales) if spec.pooled and self.scales is not None else None
         window = self.window if spec.windowed else None
-        return AttentionOptions(self.attention, scales=scales, window=window, eps=self.eps, mean_weight=self.mean_weight)
+        return AttentionOptions(
+            self.attention, scales=scales, window=window, eps=self.eps, mean_weight=self.mean_weight
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The options as plain Python values (YAML- and JSON-safe)."""

@@ -32,8 +32,13 @@ class RunProgress:
         if bar and self.shown:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("epochs"), TimeElapsedColumn())
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("epochs"),
+                TimeElapsedColumn(),
+            )
             self._task = self._progress.add_task(self._description(), total=self.total)
 
     def __enter__(self) -> RunProgress:

@@ -50,7 +50,12 @@ from .. import tables
 from ..data.batching import LengthGroupedSampler, trim_padding
 from ..files import atomic_write, folder_lock
 from .checkpoints import (
-    PLACEMENT_OPTIONS, AtomicCheckpointIO, ConfigInCheckpoint, changed_options, check_resume, load_checkpoint,
+    PLACEMENT_OPTIONS,
+    AtomicCheckpointIO,
+    ConfigInCheckpoint,
+    changed_options,
+    check_resume,
+    load_checkpoint,
 )
 from .config import TrainConfig
 from .memory import peak_memory, reset_peak_memory
@@ -61,9 +66,13 @@ from .tasks import build_model, load_data  # the task-specific parts; train and 
 #: Lightning's hints that do not apply here, silenced while training: tiny in-memory datasets need no worker
 #: processes; a resumed run writes into its own checkpoint folder; with val_fraction=0 there is, by design, no
 #: validation loop; Lightning's own use of a torch API that torch deprecates is not the user's to fix.
-IGNORED_WARNINGS = (".*does not have many workers.*", ".*The number of training batches.*log_every_n_steps.*",
-                    "Checkpoint directory .* exists and is not empty.*", ".*no `val_dataloader`. Skipping val loop.*",
-                    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+IGNORED_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*The number of training batches.*log_every_n_steps.*",
+    "Checkpoint directory .* exists and is not empty.*",
+    ".*no `val_dataloader`. Skipping val loop.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+)
 
 
 def train(
@@ -111,8 +120,9 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
 
     data = load_data(config)
     model = build_model(config, data)
-    module = Classifier(model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay,
-                        warmup_epochs=config.warmup_epochs)
+    module = Classifier(
+        model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs
+    )
     if resume:  # before anything is written: a refused resume leaves the run as it was
         check_resume(load_checkpoint(last), last, config, module)
     has_val = len(data.val) > 0
@@ -121,13 +131,23 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
         output.mkdir(parents=True, exist_ok=True)
         atomic_write(output / "config.yaml", config.to_yaml().encode())
     reset_peak_memory(trainer.strategy.root_device)
-    trainer.fit(module, _loader(data.train, "train", config, trainer), _loader(data.val, "val", config, trainer)
-                if has_val else None, ckpt_path=last if resume else None, weights_only=True)
+    trainer.fit(
+        module,
+        _loader(data.train, "train", config, trainer),
+        _loader(data.val, "val", config, trainer) if has_val else None,
+        ckpt_path=last if resume else None,
+        weights_only=True,
+    )
     # before test() reloads the callbacks' states from the best checkpoint
     epochs, seconds, rows = trainer.current_epoch, timer.time_elapsed("train"), list(log.rows)
     checksums = trainer.strategy.all_gather(checksum(module.parameters())).reshape(-1).tolist()
-    trainer.test(module, _loader(data.test, "test", config, trainer), ckpt_path="best", weights_only=True,
-                 verbose=verbose and trainer.is_global_zero)
+    trainer.test(
+        module,
+        _loader(data.test, "test", config, trainer),
+        ckpt_path="best",
+        weights_only=True,
+        verbose=verbose and trainer.is_global_zero,
+    )
     peak = peak_memory(trainer.strategy.root_device)
     best = load_checkpoint(checkpoint.best_model_path)
     metrics: dict[str, Any] = {
@@ -157,18 +177,28 @@ def _trainer(
     output = Path(config.output)
     monitor, mode = ("val_acc", "max") if has_val else ("train_loss", "min")
     # saved at the end of the training epoch, after EpochLog has its row: a checkpoint holds every finished epoch
-    checkpoint = LatestBestCheckpoint(output / "checkpoints", "best", monitor=monitor, mode=mode, save_last=True,
-                                      save_on_train_epoch_end=True)
+    checkpoint = LatestBestCheckpoint(
+        output / "checkpoints", "best", monitor=monitor, mode=mode, save_last=True, save_on_train_epoch_end=True
+    )
     log, timer = EpochLog(), Timer()
     stop = [EarlyStopping(monitor, patience=config.patience, mode=mode)] if config.patience else []
     trainer = L.Trainer(
-        max_epochs=config.epochs, accelerator=config.accelerator, devices=config.devices,
-        num_nodes=config.num_nodes, strategy=config.strategy, precision=config.precision,
-        gradient_clip_val=config.grad_clip or None, deterministic="warn", default_root_dir=output,
-        logger=CSVLogger(output, name="lightning_logs"), log_every_n_steps=1,
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=config.precision,
+        gradient_clip_val=config.grad_clip or None,
+        deterministic="warn",
+        default_root_dir=output,
+        logger=CSVLogger(output, name="lightning_logs"),
+        log_every_n_steps=1,
         callbacks=[checkpoint, timer, RngState(), ConfigInCheckpoint(config), log, *stop, *callbacks],
-        plugins=[AtomicCheckpointIO()], use_distributed_sampler=not config.bucket_by_length,
-        enable_progress_bar=verbose, enable_model_summary=verbose,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=not config.bucket_by_length,
+        enable_progress_bar=verbose,
+        enable_model_summary=verbose,
     )
     return trainer, checkpoint, log, timer
 
@@ -179,18 +209,26 @@ def _loader(split: Any, name: str, config: TrainConfig, trainer: L.Trainer) -> D
     of the split, exactly."""
     dataset, train = split.to_dataset(), name == "train"
     if config.bucket_by_length:  # shards by itself under DDP (Lightning's distributed sampler is off)
-        sampler = LengthGroupedSampler(split.lengths, config.batch_size, shuffle=train, seed=config.seed,
-                                       num_replicas=trainer.world_size, rank=trainer.global_rank)
-        return DataLoader(dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding,
-                          num_workers=config.num_workers)
+        sampler = LengthGroupedSampler(
+            split.lengths,
+            config.batch_size,
+            shuffle=train,
+            seed=config.seed,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+        )
+        return DataLoader(
+            dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding, num_workers=config.num_workers
+        )
     if train or trainer.world_size == 1:
         return DataLoader(dataset, config.batch_size, shuffle=train, num_workers=config.num_workers)
     sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)
     return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.num_workers)
 
 
-def _write_run(output: Path, config: TrainConfig, best: dict[str, Any], rows: list[dict[str, float]],
-               metrics: dict[str, Any]) -> None:
+def _write_run(
+    output: Path, config: TrainConfig, best: dict[str, Any], rows: list[dict[str, float]], metrics: dict[str, Any]
+) -> None:
     """The run's files besides config.yaml and the checkpoints: the best weights, the epochs, the metrics."""
     weights = {k.removeprefix("model."): v for k, v in best["state_dict"].items() if k.startswith("model.")}
     atomic_write(output / "model.safetensors", safetensors_bytes(weights, metadata={"config": config.to_yaml()}))
@@ -320,8 +358,7 @@ def _train_or_reuse(
     output = Path(config.output)
     name = f"{config.attention} seed {config.seed}"
     if rank_zero_only.rank != 0:  # DDP: the first process holds the lock for all
-        return _reuse(config) or train(config, resume=(output / "checkpoints" / "last.ckpt").is_file(),
-                                       verbose=verbose)
+        return _reuse(config) or train(config, resume=(output / "checkpoints" / "last.ckpt").is_file(), verbose=verbose)
     with folder_lock(output, wait=False) as held:
         if held:
             return _under_lock(config, label, name, progress, verbose)
@@ -360,8 +397,9 @@ def _reuse(config: TrainConfig) -> dict[str, Any] | None:
         return None
     changed = changed_options(TrainConfig.from_yaml(output / "config.yaml").to_dict(), config, PLACEMENT_OPTIONS)
     if changed:
-        raise ValueError(f"{output} holds a finished run with other options ({'; '.join(changed)}): "
-                         "choose another output folder")
+        raise ValueError(
+            f"{output} holds a finished run with other options ({'; '.join(changed)}): choose another output folder"
+        )
     return json.loads(finished.read_text())
 
 
@@ -382,28 +420,42 @@ def summary_row(variant: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "val_acc_mean": statistics.fmean(val) if val else math.nan,
         "params": runs[0]["params"],
         "seconds_per_epoch": statistics.fmean(r["seconds_per_epoch"] for r in runs),
-        "peak_memory_mb": (statistics.fmean(r["peak_memory_bytes"] / 1e6 for r in runs)
-                           if all("peak_memory_bytes" in r for r in runs) else math.nan),
+        "peak_memory_mb": (
+            statistics.fmean(r["peak_memory_bytes"] / 1e6 for r in runs)
+            if all("peak_memory_bytes" in r for r in runs)
+            else math.nan
+        ),
         "epochs_mean": statistics.fmean(r["epochs"] for r in runs),
     }
 
 
 #: How the epoch whose test accuracy a summary gives was chosen, by the runs' ``monitor``.
-SELECTED_EPOCH = {"val_acc": "the best-validation epoch", "train_loss": "the epoch of lowest training loss (no "
-                  "validation split)", None: "the best epoch (on validation accuracy, or training loss without a "
-                  "validation split)"}
+SELECTED_EPOCH = {
+    "val_acc": "the best-validation epoch",
+    "train_loss": "the epoch of lowest training loss (no validation split)",
+    None: "the best epoch (on validation accuracy, or training loss without a validation split)",
+}
 
 
 def _markdown(rows: list[dict[str, Any]], dataset: str, seeds: Sequence[int], monitor: str | None) -> str:
     """The summary as a Markdown table; ``monitor``: the runs' (None if they differ)."""
-    title = (f"{dataset}: test accuracy (%) of {SELECTED_EPOCH[monitor]}, mean ± std over seeds "
-             f"{', '.join(map(str, seeds))}\n\n")
-    return title + tables.markdown(rows, [
-        ("attention", "attention"), ("test acc (%)", _mean_std), ("val acc (%)", "val_acc_mean"),
-        ("params", lambda r: f"{r['params']:,}"), ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
-        ("peak MB", lambda r: tables.number(r["peak_memory_mb"], 1)),
-        ("epochs", lambda r: tables.number(r["epochs_mean"], 1)), ("seeds", "seeds"),
-    ])
+    title = (
+        f"{dataset}: test accuracy (%) of {SELECTED_EPOCH[monitor]}, mean ± std over seeds "
+        f"{', '.join(map(str, seeds))}\n\n"
+    )
+    return title + tables.markdown(
+        rows,
+        [
+            ("attention", "attention"),
+            ("test acc (%)", _mean_std),
+            ("val acc (%)", "val_acc_mean"),
+            ("params", lambda r: f"{r['params']:,}"),
+            ("s / epoch", lambda r: tables.number(r["seconds_per_epoch"], 3)),
+            ("peak MB", lambda r: tables.number(r["peak_memory_mb"], 1)),
+            ("epochs", lambda r: tables.number(r["epochs_mean"], 1)),
+            ("seeds", "seeds"),
+        ],
+    )
 
 
 def _mean_std(row: dict[str, Any]) -> str:

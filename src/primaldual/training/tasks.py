@@ -39,7 +39,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from ..data.images import (
-    DatasetSplit, ImageDatasets, ImageSplit, TransformedImages, image_folder, load_cifar10_binary, load_fashion_mnist,
+    DatasetSplit,
+    ImageDatasets,
+    ImageSplit,
+    TransformedImages,
+    image_folder,
+    load_cifar10_binary,
+    load_fashion_mnist,
     pixel_sequence,
 )
 from ..data.listops import load_listops, load_listops_tsv
@@ -54,8 +60,23 @@ LISTOPS_ROOT = Path("runs/data/listops")
 # generated ListOps is one fixed data set, as LRA's files are: every training seed sees the same expressions
 LISTOPS_SEED = 0
 # the options that decide what load_data returns (report caches the data of runs that share them)
-DATA_OPTIONS = ("task", "dataset", "root", "val_fraction", "normalize", "jitter", "augment", "max_train_samples",
-                "num_train", "num_val", "num_test", "min_length", "max_length", "seed", "model")
+DATA_OPTIONS = (
+    "task",
+    "dataset",
+    "root",
+    "val_fraction",
+    "normalize",
+    "jitter",
+    "augment",
+    "max_train_samples",
+    "num_train",
+    "num_val",
+    "num_test",
+    "min_length",
+    "max_length",
+    "seed",
+    "model",
+)
 
 
 TaskData = SequenceData | TokenData | ImageDatasets
@@ -64,8 +85,13 @@ TaskData = SequenceData | TokenData | ImageDatasets
 def load_data(config: TrainConfig) -> TaskData:
     """The train, val and test splits of ``config.task`` (see the module's table)."""
     if config.task == "timeseries":
-        data = load_uea(config.dataset, root=config.root, val_fraction=config.val_fraction, seed=config.seed,
-                        normalize=config.normalize)
+        data = load_uea(
+            config.dataset,
+            root=config.root,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            normalize=config.normalize,
+        )
         return replace(data, train=replace(data.train, jitter=config.jitter))
     if config.task == "image":
         return _image_folder(config) if config.dataset == "imagefolder" else _fashion_mnist(config)
@@ -79,19 +105,35 @@ def build_model(config: TrainConfig, data: TaskData) -> nn.Module:
     if config.task == "image":
         patch = PRESETS[config.model]["patch_size"]
         if data.image_size % patch:
-            raise ValueError(f"model {config.model} cuts images into {patch}x{patch} patches, which do not tile the "
-                             f"{data.image_size}x{data.image_size} images of {data.name}: choose another --model")
+            raise ValueError(
+                f"model {config.model} cuts images into {patch}x{patch} patches, which do not tile the "
+                f"{data.image_size}x{data.image_size} images of {data.name}: choose another --model"
+            )
         return vision_transformer(
-            config.model, config.attention_options().replace(num_prefix_tokens=1), num_classes=data.num_classes,
-            img_size=data.image_size, in_chans=data.channels, drop_rate=config.dropout, proj_drop_rate=config.dropout,
-            attn_drop_rate=config.dropout, drop_path_rate=config.drop_path,
+            config.model,
+            config.attention_options().replace(num_prefix_tokens=1),
+            num_classes=data.num_classes,
+            img_size=data.image_size,
+            in_chans=data.channels,
+            drop_rate=config.dropout,
+            proj_drop_rate=config.dropout,
+            attn_drop_rate=config.dropout,
+            drop_path_rate=config.drop_path,
         )
     tokens = config.task in TOKEN_TASKS
     return SequenceClassifier(
-        None if tokens else data.num_channels, data.num_classes, data.max_length,
-        vocab_size=data.vocab_size if tokens else None, d_model=config.d_model, depth=config.depth,
-        num_heads=config.num_heads, mlp_ratio=config.mlp_ratio, dropout=config.dropout,
-        attention=config.attention_options(), patch_size=config.patch_size, pooling=config.pooling,
+        None if tokens else data.num_channels,
+        data.num_classes,
+        data.max_length,
+        vocab_size=data.vocab_size if tokens else None,
+        d_model=config.d_model,
+        depth=config.depth,
+        num_heads=config.num_heads,
+        mlp_ratio=config.mlp_ratio,
+        dropout=config.dropout,
+        attention=config.attention_options(),
+        patch_size=config.patch_size,
+        pooling=config.pooling,
     )
 
 
@@ -117,9 +159,13 @@ def _fashion_mnist(config: TrainConfig) -> ImageDatasets:
     augment = [v2.RandomCrop(28, padding=2), v2.RandomHorizontalFlip()] if config.augment else []
     train, evaluate = v2.Compose([*augment, *scale]), v2.Compose(scale)
     return ImageDatasets(
-        data.name, data.classes, DatasetSplit(TransformedImages(fit, train)),
-        DatasetSplit(TransformedImages(val, evaluate)), DatasetSplit(TransformedImages(data.test, evaluate)),
-        image_size=28, channels=1,
+        data.name,
+        data.classes,
+        DatasetSplit(TransformedImages(fit, train)),
+        DatasetSplit(TransformedImages(val, evaluate)),
+        DatasetSplit(TransformedImages(data.test, evaluate)),
+        image_size=28,
+        channels=1,
     )
 
 
@@ -127,18 +173,26 @@ def _image_folder(config: TrainConfig) -> ImageDatasets:
     root, size = Path(config.root), PRESETS[config.model]["img_size"]
     for folder in (root / "train", root / "val"):
         if not folder.is_dir():
-            raise FileNotFoundError(f"ImageFolder tree {root}: {folder} not found (expected train/<class>/<image> "
-                                    "and val/<class>/<image>, the ImageNet layout)")
+            raise FileNotFoundError(
+                f"ImageFolder tree {root}: {folder} not found (expected train/<class>/<image> "
+                "and val/<class>/<image>, the ImageNet layout)"
+            )
     fit_images = image_folder(root / "train", train=config.augment, img_size=size)
     val_images = image_folder(root / "train", train=False, img_size=size)
     test_images = image_folder(root / "val", train=False, img_size=size)
     if test_images.classes != fit_images.classes:
-        raise ValueError(f"{root}/val has classes {test_images.classes}, {root}/train {fit_images.classes}: "
-                         "they must be the same")
+        raise ValueError(
+            f"{root}/val has classes {test_images.classes}, {root}/train {fit_images.classes}: they must be the same"
+        )
     fit, val = _fit_val_indices(np.asarray(fit_images.targets), config)
     return ImageDatasets(
-        root.name, tuple(fit_images.classes), DatasetSplit(Subset(fit_images, fit.tolist())),
-        DatasetSplit(Subset(val_images, val.tolist())), DatasetSplit(test_images), image_size=size, channels=3,
+        root.name,
+        tuple(fit_images.classes),
+        DatasetSplit(Subset(fit_images, fit.tolist())),
+        DatasetSplit(Subset(val_images, val.tolist())),
+        DatasetSplit(test_images),
+        image_size=size,
+        channels=3,
     )
 
 
@@ -149,8 +203,13 @@ def _fit_val(split: ImageSplit, config: TrainConfig) -> tuple[ImageSplit, ImageS
 
 def _fit_val_indices(labels: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~primaldual.data.splits.stratified_split` of a training split with the config's options."""
-    return stratified_split(labels, config.val_fraction, config.seed, max_samples=config.max_train_samples,
-                            source=f"the training split of {config.dataset}")
+    return stratified_split(
+        labels,
+        config.val_fraction,
+        config.seed,
+        max_samples=config.max_train_samples,
+        source=f"the training split of {config.dataset}",
+    )
 
 
 # ----------------------------------------------------------------------------- token sequences
@@ -172,9 +231,15 @@ def _listops(config: TrainConfig) -> TokenData:
     if config.dataset == "listops-tsv":
         data = load_listops_tsv(config.root)
     else:
-        data = load_listops(LISTOPS_ROOT if config.root is None else config.root, num_train=config.num_train,
-                            num_val=config.num_val, num_test=config.num_test, seed=LISTOPS_SEED,
-                            min_length=config.min_length, max_length=config.max_length)
+        data = load_listops(
+            LISTOPS_ROOT if config.root is None else config.root,
+            num_train=config.num_train,
+            num_val=config.num_val,
+            num_test=config.num_test,
+            seed=LISTOPS_SEED,
+            min_length=config.min_length,
+            max_length=config.max_length,
+        )
     splits = [TokenSplit(_narrow(s.x, len(data.vocab)), s.mask, s.y) for s in (data.train, data.val, data.test)]
     return TokenData(config.dataset, data.classes, *splits, vocab_size=len(data.vocab))
 

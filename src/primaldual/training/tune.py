@@ -35,8 +35,12 @@ from .benchmark import CV_SEED, dataset_config, fit, folds_of, load, subset
 
 #: The options searched and their choices; ``tokens`` sets ``patch_size = ceil(length / tokens)``.
 SPACE: dict[str, Sequence[Any]] = {
-    "d_model": (16, 32, 64), "depth": (1, 2, 3), "lr": (3e-4, 1e-3, 3e-3), "dropout": (0.0, 0.1, 0.2, 0.3, 0.4),
-    "tokens": (16, 32, 64), "epochs": (20, 30, 40),
+    "d_model": (16, 32, 64),
+    "depth": (1, 2, 3),
+    "lr": (3e-4, 1e-3, 3e-3),
+    "dropout": (0.0, 0.1, 0.2, 0.3, 0.4),
+    "tokens": (16, 32, 64),
+    "epochs": (20, 30, 40),
 }
 
 
@@ -52,8 +56,9 @@ def options_of(params: Mapping[str, Any], length: int) -> dict[str, Any]:
     return options
 
 
-def cross_validate(dataset: str, attention: str, options: Mapping[str, Any], folds: int,
-                   root: str | None = None) -> tuple[float, int]:
+def cross_validate(
+    dataset: str, attention: str, options: Mapping[str, Any], folds: int, root: str | None = None
+) -> tuple[float, int]:
     """(best mean validation accuracy over epochs, its epoch, 1-based) of a K-fold CV on the training file."""
     data = load(dataset, root)
     curves = []
@@ -96,12 +101,22 @@ def _storage(url: str, grace_seconds: int) -> Any:
             retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)}
         else:
             retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
-        return optuna.storages.RDBStorage(url, heartbeat_interval=max(1, grace_seconds // 4),
-                                          grace_period=grace_seconds, **retry)
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=max(1, grace_seconds // 4), grace_period=grace_seconds, **retry
+        )
 
 
-def optimize(dataset: str, attention: str, trials: int, folds: int, url: str, root: str | None,
-             space: Mapping[str, Sequence[Any]], grace_seconds: int, seed: int) -> int:
+def optimize(
+    dataset: str,
+    attention: str,
+    trials: int,
+    folds: int,
+    url: str,
+    root: str | None,
+    space: Mapping[str, Sequence[Any]],
+    grace_seconds: int,
+    seed: int,
+) -> int:
     """One worker: run trials of the stored study until ``trials`` are complete, sampling with a TPE sampler seeded
     with ``seed`` (each worker its own); returns how many trials it ran."""
     import optuna
@@ -109,20 +124,37 @@ def optimize(dataset: str, attention: str, trials: int, folds: int, url: str, ro
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_name(dataset, attention), storage=_storage(url, grace_seconds),
-                              sampler=optuna.samplers.TPESampler(seed=seed))
+    study = optuna.load_study(
+        study_name=study_name(dataset, attention),
+        storage=_storage(url, grace_seconds),
+        sampler=optuna.samplers.TPESampler(seed=seed),
+    )
     remaining = trials - len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if remaining <= 0:
         return 0
     before = len(study.get_trials(deepcopy=False))
-    study.optimize(_objective(dataset, attention, folds, root, space), n_trials=remaining,
-                   callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))])
+    study.optimize(
+        _objective(dataset, attention, folds, root, space),
+        n_trials=remaining,
+        callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE,))],
+    )
     return len(study.get_trials(deepcopy=False)) - before
 
 
-def tune(dataset: str, output: str | Path, *, attention: str = "softmax", trials: int = 20, folds: int = 3,
-         storage: str | None = None, workers: int = 1, root: str | None = None,
-         space: Mapping[str, Sequence[Any]] | None = None, seed: int = 0, grace_seconds: int = 60) -> dict[str, Any]:
+def tune(
+    dataset: str,
+    output: str | Path,
+    *,
+    attention: str = "softmax",
+    trials: int = 20,
+    folds: int = 3,
+    storage: str | None = None,
+    workers: int = 1,
+    root: str | None = None,
+    space: Mapping[str, Sequence[Any]] | None = None,
+    seed: int = 0,
+    grace_seconds: int = 60,
+) -> dict[str, Any]:
     """Run (or resume) the study of ``dataset`` until ``trials`` trials are complete, with ``workers`` processes;
     write ``output/trials.csv`` (every trial: number, state, score, options) and ``output/best.yaml``
     (``datasets: {dataset: options}``, for ``primaldual benchmark --config``); return the latter's content with
@@ -136,8 +168,12 @@ def tune(dataset: str, output: str | Path, *, attention: str = "softmax", trials
     output.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{output / 'study.db'}"
     space = dict(space or SPACE)
-    optuna.create_study(study_name=study_name(dataset, attention), storage=_storage(url, grace_seconds),
-                        direction="maximize", load_if_exists=True)
+    optuna.create_study(
+        study_name=study_name(dataset, attention),
+        storage=_storage(url, grace_seconds),
+        direction="maximize",
+        load_if_exists=True,
+    )
     arguments = (dataset, attention, trials, folds, url, root, space, grace_seconds)
     if workers == 1:
         optimize(*arguments, seed)
@@ -150,5 +186,10 @@ def tune(dataset: str, output: str | Path, *, attention: str = "softmax", trials
     best_options = {"datasets": {dataset: options}}
     atomic_write(output / "best.yaml", yaml.safe_dump(best_options, sort_keys=False).encode())
     atomic_write(output / "trials.csv", study.trials_dataframe().to_csv(index=False).encode())
-    return {**best_options, "cv_accuracy": best.value, "best_epoch": best.user_attrs.get("epoch"),
-            "trials": len(study.trials), "storage": url}
+    return {
+        **best_options,
+        "cv_accuracy": best.value,
+        "best_epoch": best.user_attrs.get("epoch"),
+        "trials": len(study.trials),
+        "storage": url,
+    }
