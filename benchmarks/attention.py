@@ -51,7 +51,7 @@ def candidates(
     }
     for name in VARIANTS:
         options = variant_options(name, scales, window)
-        calls[name] = lambda name=name, options=options: attention(q, k, v, name, key_padding_mask=mask, **options)
+        calls[name] = lambda options=options: attention(q, k, v, options, key_padding_mask=mask)
     if plain:
         calls["plain-softmax"] = lambda: reference.softmax_attention(q, k, v, mask)
         calls["plain-bn"] = lambda: reference.softmax_attention(*bn_normalize(q, k, mask), v, mask)
