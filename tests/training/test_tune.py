@@ -93,7 +93,8 @@ def test_tune_resumes_after_a_kill(root: Path, tmp_path: Path) -> None:
     # A trial created in the instant before the kill may have no heartbeat: optuna never fails those (the module
     # doc says so), so only they may stay RUNNING; every trial that was beating must be failed and retried.
     silent = running(database, beating=False)
-    time.sleep(2.5)  # the killed trial's heartbeat is older than the grace period now
+    # past the grace period (2 s) by more than the 1 s resolution of SQLite's CURRENT_TIMESTAMP, which stamps beats
+    time.sleep(3.5)
     best = tune("ToyA", tmp_path, trials=done + 2, folds=2, root=str(root), space=SPACE, grace_seconds=2)
     found = trials(url)
     assert complete(url) == done + 2  # the study grew from where it was, by the two trials asked for
