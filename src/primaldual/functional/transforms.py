@@ -107,20 +107,63 @@ def bn_softmax_inputs(
     A row fitted on at most one key outputs that key's value whatever its query: its query is set to 0
     so that rounding noise is not amplified by ``1/eps`` in the backward pass (the causal first row).
     """
-    # Written for few passes over the (B, H, N, D) tensors: the shift and the scale are made on the statistics'
-    # (B, H, 1, D) shape (the at-most-one-key rows zeroed there), then one add and one multiply over q. The key
-    # centre m is detached: the output does not depend on m (Σ_j ∂L/∂k_j = 0 under softmax's shift invariance),
-    # so its exact gradient is 0, and the backward pass skips a reduction and a negation over k.
+    if not causal and tracing():  # autograd's chain of the formula, which the compiler fuses
+        return _bn_softmax_inputs(q, k, key_padding_mask, eps, mean_weight)[:2]
     if not causal:
-        mean, var, centred, count = _plain_statistics(k, key_padding_mask)
-        scale, shift = (var + eps).reciprocal().to(k.dtype), (mean * -mean_weight).to(k.dtype)
-        if key_padding_mask is not None or k.shape[2] <= 1:  # else every row is fitted on N > 1 keys
-            scale, shift = scale.masked_fill(count <= 1, 0.0), shift.masked_fill(count <= 1, 0.0)
-        return (q + shift) * scale, centred.to(k.dtype)
+        return _BNSoftmaxInputs.apply(q, k, key_padding_mask, eps, mean_weight)
     stats = key_statistics(k, key_padding_mask, eps=eps, causal=True)
     scale = stats.var.reciprocal().masked_fill(stats.count <= 1, 0.0)
     shift = (stats.mean * -mean_weight).masked_fill(stats.count <= 1, 0.0)
     return (q + shift) * scale, k - stats.centre.detach()
+
+
+def _bn_softmax_inputs(
+    q: Tensor, k: Tensor, key_padding_mask: Tensor | None, eps: float, mean_weight: float
+) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``q̂ = q·a + b`` with ``a = 1/s²``, ``b = -βμ/s²`` (both 0 where a row is fitted on at most one key) and
+    ``k̂ = k - μ``, μ detached; and what the gradient needs: ``(μ, a, count, k - μ in the statistics' dtype)``."""
+    mean, var, centred, count = _plain_statistics(k, key_padding_mask)
+    scale = (var + eps).reciprocal()
+    if key_padding_mask is not None or k.shape[2] <= 1:  # else every row is fitted on N > 1 keys
+        scale = scale.masked_fill(count <= 1, 0.0)
+    q_hat = torch.addcmul((mean * scale * -mean_weight).to(q.dtype), q, scale.to(q.dtype))
+    return q_hat, centred.to(k.dtype), (mean, scale, count, centred)
+
+
+class _BNSoftmaxInputs(torch.autograd.Function):
+    """:func:`_bn_softmax_inputs` with its gradient written out, for eager calls: autograd's chain of the formula
+    makes about twelve passes over the (B, H, N, D) tensors backward, this one five.
+
+    μ is detached in ``k̂ = k - μ``: its exact gradient through k̂ is 0, by softmax's shift invariance. With ``g``
+    the gradient of q̂, sums over queries i, ``w_j`` 1 at valid keys and n their count:
+    ``∂L/∂q = g·a``, ``∂L/∂a = Σ_i g_i (q_i - βμ)``, ``∂L/∂μ = -βa Σ_i g_i``, ``∂L/∂s² = -a² ∂L/∂a``,
+    ``∂L/∂k_j = ∂L/∂k̂_j + w_j (∂L/∂μ + 2 ∂L/∂s² (k_j - μ)) / n`` (the term of var through μ is exactly 0).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, key_padding_mask, eps, mean_weight):
+        q_hat, k_hat, (mean, scale, count, centred) = _bn_softmax_inputs(q, k, key_padding_mask, eps, mean_weight)
+        ctx.save_for_backward(q, centred, mean, scale, count, key_padding_mask)
+        ctx.mean_weight = mean_weight
+        return q_hat, k_hat
+
+    @staticmethod
+    def backward(ctx, grad_q_hat, grad_k_hat):
+        q, centred, mean, scale, count, key_padding_mask = ctx.saved_tensors
+        beta, n = ctx.mean_weight, count.clamp_min(1)
+        sum_g = grad_q_hat.sum(2, keepdim=True, dtype=scale.dtype)  # statistics' dtype: at least float32
+        grad_scale = torch.linalg.vecdot(grad_q_hat.to(scale.dtype), q.to(scale.dtype), dim=2).unsqueeze(2)
+        grad_scale = grad_scale - beta * mean * sum_g
+        grad_q = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_q = grad_q_hat * scale.to(grad_q_hat.dtype)
+        if ctx.needs_input_grad[1]:
+            # ∂L/∂μ / n and 2 ∂L/∂s² / n, per (sample, head, feature)
+            grad_k = torch.addcmul(-beta * scale * sum_g / n, centred, -2.0 * scale.square() * grad_scale / n)
+            if key_padding_mask is not None:
+                grad_k = grad_k.masked_fill_(key_padding_mask[:, None, :, None], 0.0)
+            grad_k = grad_k.to(grad_k_hat.dtype).add_(grad_k_hat)
+        return grad_q, grad_k, None, None, None
 
 
 def bn_normalize(
