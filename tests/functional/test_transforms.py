@@ -71,3 +71,25 @@ def test_bn_inputs_take_the_traced_path_while_compiling(monkeypatch):
     monkeypatch.setattr(transforms, "tracing", lambda: False)
     q_hat, _ = transforms.bn_softmax_inputs(q, k, mask)
     assert "BNSoftmaxInputs" in type(q_hat.grad_fn).__name__
+
+
+@pytest.mark.parametrize(
+    "scales, factors, sizes",
+    [
+        ((1, 2, 4, 8), (1, 2, 4, 8), (1, 1, 1, 1)),
+        ((1, 2, 4, 8, 1, 2, 4, 8), (1, 2, 4, 8), None),  # every 4th head: 4 calls, not 8
+        ((1, 1, 2, 2), (1, 2), (2, 2)),
+        ((1, 2, 4, 8, 1, 2), (1, 2, 4, 8, 1, 2), (1,) * 6),  # no period divides 6 heads
+        ((3, 3, 3), (3,), (3,)),
+    ],
+)
+def test_head_split_makes_the_fewest_groups_of_views(scales, factors, sizes):
+    groups = transforms.head_split(scales)
+    assert groups == transforms.HeadSplit(factors, sizes)
+    x = torch.arange(2 * len(scales) * 3 * 1.0).view(2, len(scales), 3, 1)  # x[0, h, 0, 0] = 3h
+    parts = transforms.split_heads(x, groups)
+    assert all(part._base is x for part in parts)  # views, no copy
+    for factor, part in zip(factors, parts):
+        assert {scales[int(h) // 3] for h in part[0, :, 0, 0]} == {factor}
+    assert sorted(int(h) // 3 for part in parts for h in part[0, :, 0, 0]) == list(range(len(scales)))
+    assert torch.equal(transforms.join_heads(parts, groups), x)

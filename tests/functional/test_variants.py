@@ -38,6 +38,10 @@ CASES = {
         lambda q, k, v, m: F.sh_attention(q, k, v, (3, 1, 3, 1), m),
         lambda q, k, v, m: R.sh_attention(q, k, v, (3, 1, 3, 1), m),
     ),
+    "sh-periodic": (  # factors repeated with period 2: every other head is one group (transforms.head_split)
+        lambda q, k, v, m: F.sh_attention(q, k, v, (1, 2, 1, 2), m),
+        lambda q, k, v, m: R.sh_attention(q, k, v, (1, 2, 1, 2), m),
+    ),
     "sh-prefix": (
         lambda q, k, v, m: F.attention(q, k, v, "sh", scales=SCALES, key_padding_mask=m, num_prefix_tokens=1),
         lambda q, k, v, m: R.sh_attention(q, k, v, SCALES, m, num_prefix_tokens=1),
@@ -45,6 +49,10 @@ CASES = {
     "bn+sh": (
         lambda q, k, v, m: F.bn_sh_attention(q, k, v, SCALES, m),
         lambda q, k, v, m: R.bn_sh_attention(q, k, v, SCALES, m),
+    ),
+    "bn+sh-periodic": (
+        lambda q, k, v, m: F.bn_sh_attention(q, k, v, (1, 2, 1, 2), m),
+        lambda q, k, v, m: R.bn_sh_attention(q, k, v, (1, 2, 1, 2), m),
     ),
     "linear-bn": (F.linear_bn_attention, R.linear_bn_attention),
     "linear-sh": (
@@ -55,7 +63,15 @@ CASES = {
 
 # The variant and options behind each case, for the size of its scores (tests/tolerances.py's variant_law): SH
 # factors, prefix tokens, causal, the window, BN's eps and β.
-VARIANT = {"softmax-causal": "softmax", "bn-causal": "bn", "bn-beta": "bn", "sh-grouped": "sh", "sh-prefix": "sh"}
+VARIANT = {
+    "softmax-causal": "softmax",
+    "bn-causal": "bn",
+    "bn-beta": "bn",
+    "sh-grouped": "sh",
+    "sh-periodic": "sh",
+    "sh-prefix": "sh",
+    "bn+sh-periodic": "bn+sh",
+}
 OPTIONS = {
     "softmax-causal": dict(causal=True),
     "sparse": dict(window=2),
@@ -63,7 +79,9 @@ OPTIONS = {
     "bn-beta": dict(eps=1e-3, mean_weight=0.5),
     "sh": dict(scales=SCALES),
     "sh-grouped": dict(scales=(3, 1, 3, 1)),
+    "sh-periodic": dict(scales=(1, 2, 1, 2)),
     "sh-prefix": dict(scales=SCALES, num_prefix_tokens=1),
+    "bn+sh-periodic": dict(scales=(1, 2, 1, 2)),
     "bn+sh": dict(scales=SCALES),
     "linear-sh": dict(scales=SCALES),
 }

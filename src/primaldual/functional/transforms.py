@@ -233,8 +233,7 @@ def _window_sums(x: Tensor, weights: Tensor | None, windows: int, factor: int, e
 
 
 def head_runs(scales: Sequence[int]) -> list[tuple[int, int]]:
-    """Runs of consecutive heads sharing a factor, ``[(factor, heads in the run), ...]`` in head order: the heads
-    are split into them along a dimension (views; one concatenation of gradients backward), not gathered."""
+    """Runs of consecutive heads sharing a factor, ``[(factor, heads in the run), ...]`` in head order."""
     runs: list[tuple[int, int]] = []
     for r in scales:
         if runs and runs[-1][0] == r:
@@ -242,6 +241,45 @@ def head_runs(scales: Sequence[int]) -> list[tuple[int, int]]:
         else:
             runs.append((r, 1))
     return runs
+
+
+class HeadSplit(NamedTuple):
+    """SH's heads in groups of one factor, each group one kernel call on views of q, k, v: runs of consecutive
+    heads (``sizes``: heads per run), or for factors repeated with period P (the default ``(1, 2, 4, 8)`` over 8
+    heads) every P-th head (``sizes`` None): whichever makes fewer groups, since at short lengths each call's
+    fixed cost counts."""
+
+    factors: tuple[int, ...]  # one per group
+    sizes: tuple[int, ...] | None
+
+
+def head_split(scales: Sequence[int]) -> HeadSplit:
+    """The fewest groups of :class:`HeadSplit` for the per-head factors ``scales``."""
+    heads = len(scales)
+    runs = head_runs(scales)
+    period = next(
+        p for p in range(1, heads + 1) if heads % p == 0 and all(scales[h] == scales[h % p] for h in range(heads))
+    )
+    if period < len(runs):
+        return HeadSplit(tuple(scales[:period]), None)
+    return HeadSplit(tuple(r for r, _ in runs), tuple(n for _, n in runs))
+
+
+def split_heads(x: Tensor, groups: HeadSplit) -> list[Tensor]:
+    """x ``(B, H, N, D)`` as the groups' views ``(B, H_g, N, D)``. Split in the ``(B, N, H, D)`` order: backward, the
+    groups' gradients are then joined in the memory layout SDPA's own gradients have and a layer's qkv projection
+    reads; joined along H of ``(B, H, N, D)`` they would cost a transposing copy."""
+    x = x.transpose(1, 2)
+    parts = x.split(groups.sizes, 2) if groups.sizes else x.unflatten(2, (-1, len(groups.factors))).unbind(3)
+    return [part.transpose(1, 2) for part in parts]
+
+
+def join_heads(outputs: Sequence[Tensor], groups: HeadSplit) -> Tensor:
+    """The groups' outputs ``(B, H_g, Nq, Dv)`` as one ``(B, H, Nq, Dv)``, heads in their order, written in the
+    ``(B, Nq, H, Dv)`` memory layout that SDPA writes and a layer's ``transpose(1, 2).reshape`` reads as is."""
+    parts = [out.transpose(1, 2) for out in outputs]
+    joined = torch.cat(parts, 2) if groups.sizes else torch.stack(parts, 3).flatten(2, 3)
+    return joined.transpose(1, 2)
 
 
 def head_groups(scales: Sequence[int]) -> dict[int, slice | Tensor]:

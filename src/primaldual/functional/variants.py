@@ -16,13 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales
 from .kernels import linear_kernel, softmax_kernel
 from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
-from .transforms import bn_normalize, bn_softmax_inputs, head_runs, pool_keys, tracing
+from .transforms import bn_normalize, bn_softmax_inputs, head_split, join_heads, pool_keys, split_heads, tracing
 
 __all__ = ["PAPER_VARIANTS", "VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
 
@@ -80,13 +79,6 @@ def _fit_and_evaluate(
     return linear_kernel(q, k, v, mask)
 
 
-def split_heads(x: Tensor, sizes: list[int]) -> list[Tensor]:
-    """x ``(B, H, N, D)`` split into runs of ``sizes`` heads (views), split in the ``(B, N, H, D)`` order: backward,
-    the runs' gradients are then joined in that memory layout, which SDPA's own gradients have and the layer's
-    qkv projection reads; joined along H of ``(B, H, N, D)`` they cost a transposing copy (5x slower at N = 32)."""
-    return [part.transpose(1, 2) for part in x.transpose(1, 2).split(sizes, 2)]
-
-
 def attention(
     q: Tensor,
     k: Tensor,
@@ -109,17 +101,15 @@ def attention(
     check_dropout(dropout_p)
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
-    runs = head_runs(scales)
-    if len(runs) == 1:
-        pk, pv, pmask = pool_keys(k, v, key_padding_mask, runs[0][0], num_prefix_tokens=options.num_prefix_tokens)
+    groups = head_split(scales)
+    if len(groups.factors) == 1:
+        pk, pv, pmask = pool_keys(k, v, key_padding_mask, scales[0], num_prefix_tokens=options.num_prefix_tokens)
         return _fit_and_evaluate(options, q, pk, pv, pmask, dropout_p)
     outputs = []
-    for (factor, _), qh, kh, vh in zip(runs, *(split_heads(t, [heads for _, heads in runs]) for t in (q, k, v))):
+    for factor, qh, kh, vh in zip(groups.factors, *(split_heads(t, groups) for t in (q, k, v))):
         pk, pv, pmask = pool_keys(kh, vh, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens)
-        outputs.append(_fit_and_evaluate(options, qh, pk, pv, pmask, dropout_p).transpose(1, 2))
-    # Joined along heads in the (B, Nq, H, Dv) memory layout that SDPA writes and that a layer's
-    # ``transpose(1, 2).reshape(B, Nq, H·Dv)`` reads without another copy.
-    return torch.cat(outputs, dim=2).transpose(1, 2)
+        outputs.append(_fit_and_evaluate(options, qh, pk, pv, pmask, dropout_p))
+    return join_heads(outputs, groups)
 
 
 def softmax_attention(
