@@ -86,7 +86,7 @@ def test_bn_inputs_take_the_traced_path_while_compiling(monkeypatch):
 def test_head_split_makes_the_fewest_groups_of_views(scales, factors, sizes):
     groups = transforms.head_split(scales)
     assert groups == transforms.HeadSplit(factors, sizes)
-    x = torch.arange(2 * len(scales) * 3 * 1.0).view(2, len(scales), 3, 1)  # x[0, h, 0, 0] = 3h
+    x = torch.arange(2 * len(scales) * 3 * 1.0).view(2, len(scales), 3, 1).clone()  # x[0, h, 0, 0] = 3h
     parts = transforms.split_heads(x, groups)
     assert all(part._base is x for part in parts)  # views, no copy
     for factor, part in zip(factors, parts):
