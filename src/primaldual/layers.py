@@ -114,7 +114,10 @@ class Attention(nn.Module):
         if attn_mask is not None:
             raise ValueError("attn_mask is not supported: pass key_padding_mask (bool (batch, seq), True at padding)")
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        # Split along the features, not unbound from a permuted (3, B, H, N, D) view as timm does: backward, the
+        # three gradients (SDPA writes them in (B, N, H, D) order) are then joined by one concatenation into the
+        # projection's (B, N, 3·H·D) layout, where the unbind's stack and permute cost three copies of it.
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
         q, k = self.q_norm(q), self.k_norm(k)
         options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
         dropout_p = self.attn_drop.p if self.training else 0.0
