@@ -53,6 +53,10 @@ def layers(
     for layer in made.values():
         layer.load_state_dict(first.state_dict())
     if compiled:
+        # Every layer instance and grad mode is its own entry of one code object's cache (Attention.forward):
+        # without a reset, the shapes and modes after the first would pass dynamo's recompile limit (8) and
+        # silently run eager.
+        torch._dynamo.reset()
         made = {name: torch.compile(layer, dynamic=True) for name, layer in made.items()}
     return made
 
