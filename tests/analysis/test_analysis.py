@@ -49,6 +49,7 @@ def padding(b=3, n=13):
 # --- weights ----------------------------------------------------------------------------------------------------
 
 CASES = [(v, OPTIONS.get(v, {})) for v in VARIANTS] + [
+    ("sh", {"scales": (1, 2, 1, 2)}),  # every other head one group (transforms.head_split)
     ("sh", {"scales": (1, 3, 4, 8), "num_prefix_tokens": 1}),
     ("bn+sh", {"scales": (2, 2, 4, 1), "num_prefix_tokens": 2}),
     ("linear-sh", {"scales": (4, 1, 4, 1), "num_prefix_tokens": 1}),

@@ -2,7 +2,7 @@
 
 * BN: masked per-(sample, head, feature) key statistics, whole-sequence or prefix (causal).
 * SH: masked average pooling of keys/values along the sequence, ceil mode, per head factor.
-* heads split into runs of one factor (each run one fused kernel call), or grouped by factor (the weights).
+* SH's heads split into groups of one factor (views; each group one fused kernel call).
 """
 
 from __future__ import annotations
@@ -280,17 +280,6 @@ def join_heads(outputs: Sequence[Tensor], groups: HeadSplit) -> Tensor:
     parts = [out.transpose(1, 2) for out in outputs]
     joined = torch.cat(parts, 2) if groups.sizes else torch.stack(parts, 3).flatten(2, 3)
     return joined.transpose(1, 2)
-
-
-def head_groups(scales: Sequence[int]) -> dict[int, slice | Tensor]:
-    """Heads grouped by factor: ``{factor: heads}``, a slice when the heads are contiguous, else indices."""
-    groups: dict[int, list[int]] = {}
-    for head, r in enumerate(scales):
-        groups.setdefault(r, []).append(head)
-    return {
-        r: slice(hs[0], hs[-1] + 1) if hs == list(range(hs[0], hs[-1] + 1)) else torch.tensor(hs)
-        for r, hs in groups.items()
-    }
 
 
 def allowed_keys(

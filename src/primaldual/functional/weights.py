@@ -16,7 +16,7 @@ from torch import Tensor
 from . import reference
 from .kernels import elu_feature_map
 from .options import AttentionOptions
-from .transforms import allowed_keys, head_groups, pool_keys
+from .transforms import allowed_keys, head_split, join_heads, pool_keys, split_heads
 from .variants import check_inputs, normalise, resolve_options
 
 
@@ -48,19 +48,19 @@ def attention_weights(
     scales = check_inputs(options, q, k, k, key_padding_mask)
     if scales is None:
         return _kernel_weights(options, q, k, key_padding_mask)
-    b, _, nq, nk = *q.shape[:3], k.shape[2]
-    weights = q.new_zeros(b, q.shape[1], nq, nk)
+    b, nk = q.shape[0], k.shape[2]
     identity = torch.eye(nk, dtype=q.dtype, device=q.device)
-    for factor, heads in head_groups(scales).items():
-        keys = k[:, heads]
+    groups = head_split(scales)
+    weights = []
+    for factor, qh, kh in zip(groups.factors, split_heads(q, groups), split_heads(k, groups)):
         # Pooling the identity with the keys' own windows and mask gives spread[w, j] = 1/|valid keys of w|
         # for valid j in window w: the map from pooled keys back to the original ones.
-        spread_identity = identity.expand(b, keys.shape[1], nk, nk)
+        spread_identity = identity.expand(b, kh.shape[1], nk, nk)
         pooled, spread, mask = pool_keys(
-            keys, spread_identity, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
+            kh, spread_identity, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
         )
-        weights[:, heads] = _kernel_weights(options, q[:, heads], pooled, mask) @ spread
-    return weights
+        weights.append(_kernel_weights(options, qh, pooled, mask) @ spread)
+    return join_heads(weights, groups)
 
 
 def _kernel_weights(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
