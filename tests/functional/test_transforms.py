@@ -61,6 +61,16 @@ def test_bn_inputs_gradient_equals_autograd_chain(mask_kind):
         assert grads["hand-written"][2][2:].abs().amax() == 0
 
 
+def test_bn_inputs_refuse_a_second_derivative():
+    """The hand-written backward treats the statistics as constants: a gradient of it must fail, not be wrong."""
+    q, k, _ = inputs("none")
+    q.requires_grad_(True)
+    q_hat, k_hat = transforms.bn_softmax_inputs(q, k.requires_grad_(True))
+    (grad,) = torch.autograd.grad((q_hat * k_hat).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
 def test_bn_inputs_take_the_traced_path_while_compiling(monkeypatch):
     """While torch.compile/export trace, bn_softmax_inputs is autograd's chain (dynamo cannot trace the Function
     with dynamic shapes; the compiler fuses the chain instead)."""
