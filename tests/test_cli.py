@@ -168,34 +168,18 @@ def test_report_of_a_folder_without_runs_exits_2(tmp_path: Path, capsys) -> None
     assert status == 2 and str(tmp_path) in err and "neither a compare folder" in err
 
 
+# The smallest BasicMotions model the compare tests train (seconds per run).
+TINY_RUN = [
+    *("--dataset", "BasicMotions", "--d-model", "8", "--depth", "1", "--num-heads", "2"),
+    *("--batch-size", "16", "--patch-size", "20", "--warmup-epochs", "0"),
+]
+
+
 def test_compare_again_reuses_finished_runs_and_refuses_other_options(tmp_path: Path, capsys, monkeypatch) -> None:
     """Two compares over disjoint seeds into one folder, then one over both: it trains nothing and summarises
     all four runs; a finished run with other options is refused by name."""
     out = tmp_path / "cmp"
-    tiny = [
-        "--dataset",
-        "BasicMotions",
-        "--d-model",
-        "8",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "16",
-        "--patch-size",
-        "20",
-        "--warmup-epochs",
-        "0",
-        "--no-report",
-        "--output",
-        str(out),
-        "--attention",
-        "softmax",
-        "bn",
-    ]
+    tiny = [*TINY_RUN, "--epochs", "1", "--no-report", "--output", str(out), "--attention", "softmax", "bn"]
     for seed in ("0", "1"):
         status, _, err = run(["compare", *tiny, "--seeds", seed, "--threads", "1"], capsys)
         assert status == 0, err
@@ -227,24 +211,7 @@ def test_compare_again_reuses_finished_runs_and_refuses_other_options(tmp_path: 
 def test_compare_continues_an_interrupted_run(tmp_path: Path, capsys) -> None:
     """A run folder with checkpoints but no metrics.json (killed) is resumed to the compare's epochs."""
     out = tmp_path / "cmp"
-    tiny = [
-        "--dataset",
-        "BasicMotions",
-        "--d-model",
-        "8",
-        "--depth",
-        "1",
-        "--num-heads",
-        "2",
-        "--batch-size",
-        "16",
-        "--patch-size",
-        "20",
-        "--warmup-epochs",
-        "0",
-        "--output",
-        str(out / "softmax" / "seed0"),
-    ]
+    tiny = [*TINY_RUN, "--output", str(out / "softmax" / "seed0")]
     assert run(["train", *tiny, "--epochs", "1"], capsys)[0] == 0
     (out / "softmax" / "seed0" / "metrics.json").unlink()  # as if killed after its last checkpoint
     tiny[-2:] = ["--output", str(out)]
