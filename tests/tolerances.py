@@ -377,24 +377,29 @@ def standardized_atol(dtype: torch.dtype, mean, std, largest: float, terms: int 
 
 
 class RecordLayerSizes:
-    """Patches ``primaldual.layers.attention`` (the call of every :class:`primaldual.Attention`) and records S
-    (:func:`variant_law`) of each call in :attr:`sizes`, as tests/models/test_sequence.py does by hand."""
+    """Records S (:func:`variant_law`) of every :class:`primaldual.Attention` call within the block in
+    :attr:`sizes`, from the layer's queries and keys (``Attention.project``) and its key padding mask."""
 
     def __enter__(self):
-        from primaldual import layers
+        from primaldual.layers import Attention
 
-        self.layers, self.original, self.sizes = layers, layers.attention, []
+        self.original, self.sizes = Attention.forward, []
         original, sizes = self.original, self.sizes
 
-        def recording(q, k, v, options, key_padding_mask=None, **kwargs):
-            sizes.append(variant_law(options, q.detach(), k.detach(), key_padding_mask)["size"])
-            return original(q, k, v, options, key_padding_mask=key_padding_mask, **kwargs)
+        def recording(layer, x, key_padding_mask=None, attn_mask=None, is_causal=False):
+            with torch.no_grad():
+                q, k, _ = layer.project(x)
+            options = layer.options.replace(causal=True) if is_causal else layer.options
+            sizes.append(variant_law(options, q, k, key_padding_mask)["size"])
+            return original(layer, x, key_padding_mask, attn_mask, is_causal)
 
-        layers.attention = recording
+        Attention.forward = recording
         return self
 
     def __exit__(self, *exc):
-        self.layers.attention = self.original
+        from primaldual.layers import Attention
+
+        Attention.forward = self.original
 
     @property
     def size(self) -> float:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .functional import attention
 from .functional.options import FIELDS, AttentionOptions, check_names
+from .functional.variants import self_attention, split_qkv
 
 
 class Attention(nn.Module):
@@ -114,18 +115,25 @@ class Attention(nn.Module):
         if attn_mask is not None:
             raise ValueError("attn_mask is not supported: pass key_padding_mask (bool (batch, seq), True at padding)")
         b, n, _ = x.shape
-        # Split along the features, not unbound from a permuted (3, B, H, N, D) view as timm does: backward, the
-        # three gradients (SDPA writes them in (B, N, H, D) order) are then joined by one concatenation into the
-        # projection's (B, N, 3·H·D) layout, where the unbind's stack and permute cost three copies of it.
-        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
-        q, k = self.q_norm(q), self.k_norm(k)
         options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        out = attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        if isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):  # SH pools x first
+            weight, bias = self.qkv.weight, self.qkv.bias
+            out = self_attention(
+                x, weight, bias, self.num_heads, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p
+            )
+        else:
+            out = attention(*self.project(x), options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if self.gate is not None:
             out = out * self.gate(x).sigmoid()
         return self.proj_drop(self.proj(out))
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The heads' queries, keys and values ``(B, H, N, D)`` of tokens x ``(B, N, dim)``, as the attention sees
+        them (after ``q_norm``, ``k_norm``); before any SH pooling."""
+        q, k, v = split_qkv(self.qkv(x), self.num_heads)
+        return self.q_norm(q), self.k_norm(k), v
 
     def extra_repr(self) -> str:
         options = [f"variant={self.variant!r}", f"num_heads={self.num_heads}"]

@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from primaldual import layers
 from primaldual.data.batching import LengthGroupedSampler, trim_padding
 from primaldual.models import SequenceClassifier
 from primaldual.training import TrainConfig, train
@@ -96,21 +95,13 @@ def test_trimmed_batches_give_the_logits_of_padded_ones(attention: str, pooling:
     # Not exact: the shapes differ, so the kernels may block their sums differently. Two float64 evaluations of
     # the network differ by at most tests/tolerances.py's model law (docs/numerics.md), as in
     # tests/models/test_sequence.py: parameter sensitivity, widest reduction, S over the attention calls.
-    sizes = []
-    attention = layers.attention
-
-    def recording(q, k, v, options, key_padding_mask=None, **kwargs):
-        sizes.append(T.variant_law(options, q.detach(), k.detach(), key_padding_mask)["size"])
-        return attention(q, k, v, options, key_padding_mask=key_padding_mask, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(layers, "attention", recording)
+    with T.RecordLayerSizes() as record:
         trimmed = model(trimmed_x, trimmed_mask)
     atol = T.model_atol(
         torch.float64,
         T.parameter_sensitivity(model, trimmed_x, trimmed_mask),
         reduction=T.widest_reduction(model),
-        size=max(sizes),
+        size=record.size,
         length=40,
     )
     T.assert_close_normwise(trimmed, model(x, mask), atol, "trimmed vs padded logits")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from primaldual import Attention, layers
+from primaldual import Attention
 from primaldual.functional import VARIANTS
 from primaldual.models import SequenceClassifier
 from tests import tolerances as T
@@ -73,20 +73,12 @@ def test_padded_sample_equals_the_unpadded_one(variant: str, patch_size: int, po
     largest score-term size S over the attention calls)."""
     model = make(variant, patch_size=patch_size, pooling=pooling).eval()
     x, mask = batch([5, 12])
-    sizes = []
-    attention = layers.attention
-
-    def recording(q, k, v, options, key_padding_mask=None, **kwargs):
-        sizes.append(T.variant_law(options, q.detach(), k.detach(), key_padding_mask)["size"])
-        return attention(q, k, v, options, key_padding_mask=key_padding_mask, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(layers, "attention", recording)
+    with T.RecordLayerSizes() as record:
         padded = model(x, mask)[:1]
     trimmed = model(x[:1, :5])
     widest = max(m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear))
     atol = T.model_atol(
-        torch.float32, T.parameter_sensitivity(model, x[:1, :5]), reduction=widest, size=max(sizes), length=LENGTH
+        torch.float32, T.parameter_sensitivity(model, x[:1, :5]), reduction=widest, size=record.size, length=LENGTH
     )
     T.assert_close_normwise(padded, trimmed, atol, "padded vs trimmed logits")
 

@@ -87,8 +87,12 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs).arguments
         call.clear()
+        q, k, _ = layer.project(bound["x"])
         call.update(
-            mask=bound.get("key_padding_mask"), causal=layer.options.causal or bool(bound.get("is_causal", False))
+            q=q.detach(),
+            k=k.detach(),
+            mask=bound.get("key_padding_mask"),
+            causal=layer.options.causal or bool(bound.get("is_causal", False)),
         )
 
     def heads(module: nn.Module, args: tuple) -> None:
@@ -101,8 +105,6 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
 
     return [
         layer.register_forward_pre_hook(start, with_kwargs=True),
-        layer.q_norm.register_forward_hook(lambda m, a, out: call.__setitem__("q", out.detach())),
-        layer.k_norm.register_forward_hook(lambda m, a, out: call.__setitem__("k", out.detach())),
         layer.norm.register_forward_pre_hook(heads),
         layer.register_forward_hook(finish),
     ]

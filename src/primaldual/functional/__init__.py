@@ -3,7 +3,7 @@
 from . import reference
 from .kernels import elu_feature_map, linear_kernel, softmax_kernel
 from .options import AttentionOptions
-from .transforms import KeyStatistics, bn_normalize, bn_softmax_inputs, key_statistics, pool_keys
+from .transforms import KeyStatistics, bn_normalize, bn_softmax_inputs, key_statistics, pool_keys, pool_sequence
 from .variants import (
     PAPER_VARIANTS,
     VARIANTS,
@@ -16,9 +16,11 @@ from .variants import (
     linear_attention,
     linear_bn_attention,
     linear_sh_attention,
+    self_attention,
     sh_attention,
     softmax_attention,
     sparse_attention,
+    split_qkv,
 )
 from .weights import attention_weights
 
@@ -43,9 +45,12 @@ __all__ = [
     "linear_kernel",
     "linear_sh_attention",
     "pool_keys",
+    "pool_sequence",
     "reference",
+    "self_attention",
     "sh_attention",
     "softmax_attention",
     "softmax_kernel",
     "sparse_attention",
+    "split_qkv",
 ]

@@ -33,6 +33,23 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
 
 
+def check_tokens(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int) -> None:
+    """Tokens x ``(B, N, C)`` and a fused projection's ``weight`` ``(3·H·D, C)`` and ``bias`` ``(3·H·D)`` or None."""
+    if not isinstance(x, Tensor) or x.dim() != 3 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a floating-point tensor (batch, seq, dim), got {shape}")
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
+        raise ValueError(f"num_heads must be an integer >= 1, got {num_heads!r}")
+    rows = weight.shape[0] if weight.dim() == 2 else -1
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or rows % (3 * num_heads) or rows == 0:
+        raise ValueError(
+            f"weight must be (3 * num_heads * head_dim, dim) = (3 * {num_heads} * D, {x.shape[-1]}), "
+            f"got {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (rows,):
+        raise ValueError(f"bias must be None or ({rows},) like weight's rows, got {tuple(bias.shape)}")
+
+
 def check_key_padding_mask(mask: Tensor | None, k: Tensor) -> None:
     """``key_padding_mask`` is None or bool ``(B, Nk)``, True where a key is padding."""
     if mask is None:

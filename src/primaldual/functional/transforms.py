@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -197,41 +198,50 @@ def pool_keys(
     ``P = num_prefix_tokens`` positions (class/register tokens) are kept unpooled. The last window may
     be partial; padded keys are left out of each window's mean; a window is padding only if all its
     keys are (its pooled value is then 0). Returns the pooled mask, or None when nothing is padding.
+    """
+    (pk, pv), pooled_mask = pool_sequence((k, v), key_padding_mask, factor, num_prefix_tokens=num_prefix_tokens)
+    return pk, pv, pooled_mask
+
+
+def pool_sequence(
+    tensors: Sequence[Tensor], key_padding_mask: Tensor | None, factor: int, *, num_prefix_tokens: int = 0
+) -> tuple[tuple[Tensor, ...], Tensor | None]:
+    """:func:`pool_keys` of each of ``tensors`` along its second-to-last (sequence) dimension: keys and values
+    ``(B, H, N, ·)``, or a layer's tokens ``(B, N, C)``; ``key_padding_mask`` ``(B, N)`` as there.
 
     Shape-generic: the window count and the padding of the last window are computed from N, so one
     ``torch.compile(dynamic=True)`` graph or exported program serves every length. Eager calls with full
     windows and no mask take a view-and-mean shortcut (equal to the generic path).
     """
-    p = num_prefix_tokens
-    if factor == 1 or k.shape[2] <= p:
-        return k, v, key_padding_mask
-    length = k.shape[2] - p
+    p, length = num_prefix_tokens, tensors[0].shape[-2] - num_prefix_tokens
+    if factor == 1 or length <= 0:
+        return tuple(tensors), key_padding_mask
     windows = (length + factor - 1) // factor
     extra = windows * factor - length  # positions missing from the last window
     if key_padding_mask is None and not tracing() and extra == 0:
-        pk, pv = (t[:, :, p:].unflatten(2, (windows, factor)).mean(3) for t in (k, v))
+        pooled = [t[..., p:, :].unflatten(-2, (windows, factor)).mean(-2) for t in tensors]
         pooled_mask = None
     else:
         if key_padding_mask is None:  # a window's count: factor, the last one possibly fewer
-            ends = torch.arange(1, windows + 1, device=k.device) * factor
-            weights, count = None, (length - ends + factor).clamp(max=factor).to(k.dtype)[None, None, :, None]
-        else:
-            valid = F.pad((~key_padding_mask[:, p:]).to(k.dtype), (0, extra))
-            weights = valid.view(valid.shape[0], 1, windows, factor, 1)
-            count = weights.sum(3)
-        pk, pv = (_window_sums(t[:, :, p:], weights, windows, factor, extra) / count.clamp_min(1) for t in (k, v))
-        pooled_mask = None if key_padding_mask is None else count[:, 0, :, 0] == 0
+            ends = torch.arange(1, windows + 1, device=tensors[0].device) * factor
+            weights, count = None, (length - ends + factor).clamp(max=factor).to(tensors[0].dtype)[:, None]
+        else:  # (B, 1.., W, r, 1), broadcast over the dimensions between batch and sequence
+            valid = F.pad((~key_padding_mask[:, p:]).to(tensors[0].dtype), (0, extra))
+            weights = valid.view(valid.shape[0], *[1] * (tensors[0].dim() - 3), windows, factor, 1)
+            count = weights.sum(-2)
+        pooled = [_window_sums(t[..., p:, :], weights, windows, factor, extra) / count.clamp_min(1) for t in tensors]
+        pooled_mask = None if key_padding_mask is None else count.reshape(count.shape[0], windows) == 0
     if p:
-        pk, pv = torch.cat((k[:, :, :p], pk), 2), torch.cat((v[:, :, :p], pv), 2)
+        pooled = [torch.cat((t[..., :p, :], pt), -2) for t, pt in zip(tensors, pooled)]
         if pooled_mask is not None:
             pooled_mask = torch.cat((key_padding_mask[:, :p], pooled_mask), 1)
-    return pk, pv, pooled_mask
+    return tuple(pooled), pooled_mask
 
 
 def _window_sums(x: Tensor, weights: Tensor | None, windows: int, factor: int, extra: int) -> Tensor:
-    """``Σ`` over each window of x ``(B, H, L, C)`` (zero-padded by ``extra``), weighted by ``(B, 1, W, r, 1)``."""
-    x = F.pad(x, (0, 0, 0, extra)).unflatten(2, (windows, factor))
-    return (x if weights is None else x * weights).sum(3)
+    """``Σ`` over each window of x ``(.., L, C)`` (zero-padded by ``extra``), weighted by ``(.., W, r, 1)``."""
+    x = F.pad(x, (0, 0, 0, extra)).unflatten(-2, (windows, factor))
+    return (x if weights is None else x * weights).sum(-2)
 
 
 def head_runs(scales: Sequence[int]) -> list[tuple[int, int]]:
@@ -253,6 +263,13 @@ class HeadSplit(NamedTuple):
 
     factors: tuple[int, ...]  # one per group
     sizes: tuple[int, ...] | None
+
+    def slices(self) -> list[slice]:
+        """Each group's heads as a slice of the head dimension, in the order of :func:`split_heads`."""
+        if self.sizes is None:
+            return [slice(g, None, len(self.factors)) for g in range(len(self.factors))]
+        ends = list(itertools.accumulate(self.sizes))
+        return [slice(end - size, end) for end, size in zip(ends, self.sizes)]
 
 
 def head_split(scales: Sequence[int]) -> HeadSplit:

@@ -13,17 +13,38 @@ Hostile inputs (NaN, Inf, empty inputs, magnitudes) and floating-point accuracy:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor
 
-from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales
+from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales, check_tokens
 from .kernels import linear_kernel, softmax_kernel
 from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
-from .transforms import bn_normalize, bn_softmax_inputs, head_split, join_heads, pool_keys, split_heads, tracing
+from .transforms import (
+    HeadSplit,
+    bn_normalize,
+    bn_softmax_inputs,
+    head_split,
+    join_heads,
+    pool_keys,
+    pool_sequence,
+    split_heads,
+    tracing,
+)
 
-__all__ = ["PAPER_VARIANTS", "VARIANTS", "AttentionOptions", "Variant", "attention", "default_scales", "get_variant"]
+__all__ = [
+    "PAPER_VARIANTS",
+    "VARIANTS",
+    "AttentionOptions",
+    "Variant",
+    "attention",
+    "default_scales",
+    "get_variant",
+    "self_attention",
+    "split_qkv",
+]
 
 
 def resolve_options(variant: str | AttentionOptions, options: dict[str, Any]) -> AttentionOptions:
@@ -38,22 +59,26 @@ def resolve_options(variant: str | AttentionOptions, options: dict[str, Any]) ->
 def check_inputs(
     options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None
 ) -> tuple[int, ...] | None:
-    """Check the tensors against ``options`` (already valid in themselves); return the SH factors (None unless
-    SH), each at most the number of keys it pools (a larger factor gives the same single window, at a cost
-    that grows with the factor)."""
+    """Check the tensors against ``options`` (already valid in themselves); return the SH factors
+    (:func:`sh_factors`)."""
     check_qkv(q, k, v)
     check_key_padding_mask(key_padding_mask, k)
-    spec = options.spec
-    if options.causal and spec.bn and q.shape[2] != k.shape[2]:
+    if options.causal and options.spec.bn and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal bn needs as many queries as keys, got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if not spec.pooled:
+    return sh_factors(options, q.shape[1], k.shape[2])
+
+
+def sh_factors(options: AttentionOptions, num_heads: int, num_keys: int) -> tuple[int, ...] | None:
+    """The SH factors of ``options`` for ``num_heads`` heads on ``num_keys`` keys (None unless SH), each at most
+    the number of keys it pools: a larger factor gives the same single window, at a cost that grows with it."""
+    if not options.spec.pooled:
         return None
     if options.scales is None:
-        raise ValueError(f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({q.shape[1]})")
-    scales = check_scales(options.scales, q.shape[1])
+        raise ValueError(f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({num_heads})")
+    scales = check_scales(options.scales, num_heads)
     if tracing():  # a graph for every length: no guard on N (pooling is shape-generic)
         return scales
-    pooled = max(1, k.shape[2] - options.num_prefix_tokens)
+    pooled = max(1, num_keys - options.num_prefix_tokens)
     return tuple(min(r, pooled) for r in scales)
 
 
@@ -102,14 +127,78 @@ def attention(
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
     groups = head_split(scales)
-    if len(groups.factors) == 1:
-        pk, pv, pmask = pool_keys(k, v, key_padding_mask, scales[0], num_prefix_tokens=options.num_prefix_tokens)
-        return _fit_and_evaluate(options, q, pk, pv, pmask, dropout_p)
-    outputs = []
-    for factor, qh, kh, vh in zip(groups.factors, *(split_heads(t, groups) for t in (q, k, v))):
-        pk, pv, pmask = pool_keys(kh, vh, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens)
-        outputs.append(_fit_and_evaluate(options, qh, pk, pv, pmask, dropout_p))
+    prefix = options.num_prefix_tokens
+    pooled = (
+        pool_keys(kh, vh, key_padding_mask, factor, num_prefix_tokens=prefix)
+        for factor, kh, vh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups))
+    )
+    return _evaluate_groups(options, q, groups, pooled, dropout_p)
+
+
+def _evaluate_groups(
+    options: AttentionOptions,
+    q: Tensor,
+    groups: HeadSplit,
+    keys: Iterable[tuple[Tensor, Tensor, Tensor | None]],
+    dropout_p: float,
+) -> Tensor:
+    """SH: each group of q's heads against its ``(keys, values, key mask)``, joined in head order."""
+    if len(groups.factors) == 1:  # the whole of q: no split, no join
+        return _fit_and_evaluate(options, q, *next(iter(keys)), dropout_p)
+    outputs = [_fit_and_evaluate(options, qh, *kvm, dropout_p) for qh, kvm in zip(split_heads(q, groups), keys)]
     return join_heads(outputs, groups)
+
+
+def split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """A fused projection's output ``(B, N, 3·H·D)`` (q, k, v features in that order, heads in order within each)
+    as q, k, v ``(B, H, N, D)``. Split along the features, not unbound from a permuted ``(3, B, H, N, D)`` view as
+    timm does: backward, the three gradients (SDPA writes them in ``(B, N, H, D)`` order) are then joined by one
+    concatenation into the projection's layout, where the unbind's stack and permute cost three copies of it."""
+    return tuple(t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in qkv.chunk(3, -1))
+
+
+def self_attention(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    num_heads: int,
+    variant: str | AttentionOptions = "softmax",
+    *,
+    key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    **options: Any,
+) -> Tensor:
+    """Multi-head self-attention of tokens x ``(B, N, C)`` projected by ``weight`` ``(3·H·D, C)`` and ``bias``
+    ``(3·H·D)`` (an ``nn.Linear``'s, q, k, v features in that order as timm's ``qkv``) -> ``(B, H, N, D)``.
+
+    Equal to :func:`attention` of those projections. SH pools the tokens before the key/value projection:
+    a window's mean commutes with an affine map, ``mean_j(x_j Wᵀ + b) = (mean_j x_j) Wᵀ + b`` (masked means
+    too, their weights summing to 1), so each group of heads projects its ``N / r`` pooled tokens, not N, and
+    SH's saving reaches the projection. A fully padded window's key is then ``b`` rather than 0, never attended.
+    """
+    options = resolve_options(variant, options)
+    check_tokens(x, weight, bias, num_heads)
+    scales = sh_factors(options, num_heads, x.shape[1])
+    if scales is None:
+        q, k, v = split_qkv(F.linear(x, weight, bias), num_heads)
+        return attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+    check_key_padding_mask(key_padding_mask, x.unsqueeze(1))
+    check_dropout(dropout_p)
+    w, b = weight.unflatten(0, (3, num_heads, -1)), None if bias is None else bias.unflatten(0, (3, num_heads, -1))
+    q = F.linear(x, w[0].flatten(0, 1), None if b is None else b[0].flatten()).unflatten(-1, (num_heads, -1))
+    groups = head_split(scales)
+    tokens = {
+        f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=options.num_prefix_tokens)
+        for f in set(groups.factors)
+    }
+
+    def pooled_keys() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        for factor, heads in zip(groups.factors, groups.slices()):
+            (pooled,), mask = tokens[factor]
+            kv = F.linear(pooled, w[1:, heads].flatten(0, 2), None if b is None else b[1:, heads].flatten())
+            yield (*(t.unflatten(-1, (-1, w.shape[2])).transpose(1, 2) for t in kv.chunk(2, -1)), mask)
+
+    return _evaluate_groups(options, q.transpose(1, 2), groups, pooled_keys(), dropout_p)
 
 
 def softmax_attention(
