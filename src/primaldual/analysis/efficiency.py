@@ -5,7 +5,8 @@ Three scopes, each measured for every variant side by side with softmax in the s
 * ``core``: the attention kernel alone, :func:`primaldual.functional.attention` on q, k, v ``(B, H, N, D)``
   (forward). SH's ``mean_h 1/r_h`` FLOPs saving (docs/theory.md) of SH is a statement about this scope.
 * ``layer``: one :class:`primaldual.Attention` forward on x ``(B, N, dim)``: the core plus the qkv and output
-  projections, which every variant pays in full, so ratios move towards 1.
+  projections. BN pays them in full; SH pools the tokens before the key/value projection, so its saving
+  reaches them (docs/performance.md).
 * ``step``: one training step of a :class:`~primaldual.models.SequenceClassifier` (forward, cross-entropy,
   backward, AdamW step) on x ``(B, N, dim)`` (``dim`` input channels, 2 classes, no dropout).
 

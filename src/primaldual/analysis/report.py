@@ -440,7 +440,7 @@ def _report_text(content: Mapping[str, Any], run_dirs: Sequence[str | Path]) -> 
         "## Cost versus sequence length\n",
         "Ratios to softmax attention on the same shapes, measured side by side. `core`: the attention kernel alone "
         "(SH's FLOPs saving, mean over heads of 1/r, applies here); `layer`: one Attention forward, qkv and output projections "
-        "included; `step`: one training step of a SequenceClassifier. FLOPs from PyTorch's FlopCounterMode "
+        "included (SH projects its pooled tokens onto keys and values, so its saving reaches them); `step`: one training step of a SequenceClassifier. FLOPs from PyTorch's FlopCounterMode "
         "(matrix products and attention kernels; elementwise work such as BN statistics and pooling is not counted).\n",
         cost_tables(content["efficiency"]),
         f"![cost]({figures['cost']})\n",
