@@ -287,7 +287,10 @@ def head_split(scales: Sequence[int]) -> HeadSplit:
 def split_heads(x: Tensor, groups: HeadSplit) -> list[Tensor]:
     """x ``(B, H, N, D)`` as the groups' views ``(B, H_g, N, D)``. Split in the ``(B, N, H, D)`` order: backward, the
     groups' gradients are then joined in the memory layout SDPA's own gradients have and a layer's qkv projection
-    reads; joined along H of ``(B, H, N, D)`` they would cost a transposing copy."""
+    reads; joined along H of ``(B, H, N, D)`` they would cost a transposing copy. One group: x itself (a split of
+    one part would still be joined by a copy backward)."""
+    if len(groups.factors) == 1:
+        return [x]
     x = x.transpose(1, 2)
     parts = x.split(groups.sizes, 2) if groups.sizes else x.unflatten(2, (-1, len(groups.factors))).unbind(3)
     return [part.transpose(1, 2) for part in parts]
@@ -295,7 +298,10 @@ def split_heads(x: Tensor, groups: HeadSplit) -> list[Tensor]:
 
 def join_heads(outputs: Sequence[Tensor], groups: HeadSplit) -> Tensor:
     """The groups' outputs ``(B, H_g, Nq, Dv)`` as one ``(B, H, Nq, Dv)``, heads in their order, written in the
-    ``(B, Nq, H, Dv)`` memory layout that SDPA writes and a layer's ``transpose(1, 2).reshape`` reads as is."""
+    ``(B, Nq, H, Dv)`` memory layout that SDPA writes and a layer's ``transpose(1, 2).reshape`` reads as is.
+    One group: its output, not a copy."""
+    if len(outputs) == 1:
+        return outputs[0]
     parts = [out.transpose(1, 2) for out in outputs]
     joined = torch.cat(parts, 2) if groups.sizes else torch.stack(parts, 3).flatten(2, 3)
     return joined.transpose(1, 2)

@@ -143,8 +143,6 @@ def _evaluate_groups(
     dropout_p: float,
 ) -> Tensor:
     """SH: each group of q's heads against its ``(keys, values, key mask)``, joined in head order."""
-    if len(groups.factors) == 1:  # the whole of q: no split, no join
-        return _fit_and_evaluate(options, q, *next(iter(keys)), dropout_p)
     outputs = [_fit_and_evaluate(options, qh, *kvm, dropout_p) for qh, kvm in zip(split_heads(q, groups), keys)]
     return join_heads(outputs, groups)
 
@@ -154,7 +152,12 @@ def split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     as q, k, v ``(B, H, N, D)``. Split along the features, not unbound from a permuted ``(3, B, H, N, D)`` view as
     timm does: backward, the three gradients (SDPA writes them in ``(B, N, H, D)`` order) are then joined by one
     concatenation into the projection's layout, where the unbind's stack and permute cost three copies of it."""
-    return tuple(t.unflatten(-1, (num_heads, -1)).transpose(1, 2) for t in qkv.chunk(3, -1))
+    return tuple(_heads(t, qkv.shape[-1] // (3 * num_heads)) for t in qkv.chunk(3, -1))
+
+
+def _heads(t: Tensor, head_dim: int) -> Tensor:
+    """Projected features ``(B, N, H·D)`` as heads ``(B, H, N, D)`` (a view)."""
+    return t.unflatten(-1, (-1, head_dim)).transpose(1, 2)
 
 
 def self_attention(
@@ -185,7 +188,7 @@ def self_attention(
     check_key_padding_mask(key_padding_mask, x.unsqueeze(1))
     check_dropout(dropout_p)
     w, b = weight.unflatten(0, (3, num_heads, -1)), None if bias is None else bias.unflatten(0, (3, num_heads, -1))
-    q = F.linear(x, w[0].flatten(0, 1), None if b is None else b[0].flatten()).unflatten(-1, (num_heads, -1))
+    q = _heads(F.linear(x, w[0].flatten(0, 1), None if b is None else b[0].flatten()), w.shape[2])
     groups = head_split(scales)
     tokens = {
         f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=options.num_prefix_tokens)
@@ -196,9 +199,9 @@ def self_attention(
         for factor, heads in zip(groups.factors, groups.slices()):
             (pooled,), mask = tokens[factor]
             kv = F.linear(pooled, w[1:, heads].flatten(0, 2), None if b is None else b[1:, heads].flatten())
-            yield (*(t.unflatten(-1, (-1, w.shape[2])).transpose(1, 2) for t in kv.chunk(2, -1)), mask)
+            yield (*(_heads(t, w.shape[2]) for t in kv.chunk(2, -1)), mask)
 
-    return _evaluate_groups(options, q.transpose(1, 2), groups, pooled_keys(), dropout_p)
+    return _evaluate_groups(options, q, groups, pooled_keys(), dropout_p)
 
 
 def softmax_attention(
