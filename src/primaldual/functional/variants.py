@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -187,21 +188,43 @@ def self_attention(
         return attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
     check_key_padding_mask(key_padding_mask, x.unsqueeze(1))
     check_dropout(dropout_p)
-    w, b = weight.unflatten(0, (3, num_heads, -1)), None if bias is None else bias.unflatten(0, (3, num_heads, -1))
-    q = _heads(F.linear(x, w[0].flatten(0, 1), None if b is None else b[0].flatten()), w.shape[2])
-    groups = head_split(scales)
-    tokens = {
-        f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=options.num_prefix_tokens)
-        for f in set(groups.factors)
-    }
+    groups, head_dim = head_split(scales), weight.shape[0] // (3 * num_heads)
+    rows, sizes = _projection_rows(groups, num_heads, head_dim)
+    index = torch.tensor(rows, device=weight.device)  # one gather of the weight, one index_add backward
+    weights = weight.index_select(0, index).split(sizes)
+    biases = [None] * len(sizes) if bias is None else bias.index_select(0, index).split(sizes)
+    widths = [2 * head_dim * len(range(num_heads)[s]) for s, f in zip(groups.slices(), groups.factors) if f == 1]
+    q, *direct = F.linear(x, weights[0], biases[0]).split([num_heads * head_dim, *widths], -1)
+    prefix = options.num_prefix_tokens
+    tokens = {f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=prefix) for f in set(groups.factors)}
 
     def pooled_keys() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
-        for factor, heads in zip(groups.factors, groups.slices()):
+        unpooled, projections = iter(direct), zip(weights[1:], biases[1:])
+        for factor in groups.factors:
             (pooled,), mask = tokens[factor]
-            kv = F.linear(pooled, w[1:, heads].flatten(0, 2), None if b is None else b[1:, heads].flatten())
-            yield (*(_heads(t, w.shape[2]) for t in kv.chunk(2, -1)), mask)
+            kv = next(unpooled) if factor == 1 else F.linear(pooled, *next(projections))
+            yield (*(_heads(t, head_dim) for t in kv.chunk(2, -1)), mask)
 
-    return _evaluate_groups(options, q, groups, pooled_keys(), dropout_p)
+    return _evaluate_groups(options, _heads(q, head_dim), groups, pooled_keys(), dropout_p)
+
+
+def _projection_rows(groups: HeadSplit, num_heads: int, head_dim: int) -> tuple[list[int], list[int]]:
+    """SH's projections of a fused weight ``(3·H·D, C)``: its rows in the order they are used, and the rows
+    of each projection. The first projects x: q's rows, then the k and v rows of each group of factor 1 (its
+    pooled tokens are x); then one projection per other group of its pooled tokens: its k rows, its v rows."""
+
+    def keys_values(heads: slice) -> list[int]:
+        return [
+            (part * num_heads + h) * head_dim + i
+            for part in (1, 2)
+            for h in range(num_heads)[heads]
+            for i in range(head_dim)
+        ]
+
+    slices = list(zip(groups.slices(), groups.factors))
+    blocks = [list(range(num_heads * head_dim)) + [r for s, f in slices if f == 1 for r in keys_values(s)]]
+    blocks += [keys_values(s) for s, f in slices if f != 1]
+    return [r for block in blocks for r in block], [len(block) for block in blocks]
 
 
 def softmax_attention(
