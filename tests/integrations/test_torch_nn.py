@@ -89,6 +89,34 @@ def test_bare_sequence_first_mha_with_a_causal_mask(mask):
     assert not torch.allclose(out, softmax, atol=1e-3)
 
 
+@pytest.mark.parametrize("variant", ["sh", "bn+sh", "linear-sh", "linear-bn+sh"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_sh_self_attention_pools_the_tokens(variant, padded):
+    """SH's self-attention without weights pools the tokens before projecting them: the projected path (taken when
+    the weights are asked for) is the other evaluation of the formula, within the network law; the pooled path's
+    gradients are its forward's derivatives (finite differences, float64)."""
+    layer = primaldual.convert(mha(batch_first=True), variant, scales=(1, 2, 3, 2))
+    x = torch.randn(2, 11, 16, dtype=torch.float64)
+    padding = torch.zeros(2, 11, dtype=torch.bool) if padded else None
+    if padded:
+        padding[1, 6:] = True
+    with T.RecordSizes(torch_nn) as record:
+        projected, weights = layer(x, x, x, key_padding_mask=padding)
+        pooled, no_weights = layer(x, x, x, key_padding_mask=padding, need_weights=False)
+    assert weights is not None and no_weights is None
+    assert len(record.sizes) == 1  # the pooled call did not go through attend
+    atol = network_atol(layer, lambda m: m(x, x, x, key_padding_mask=padding)[0], record, 11)
+    T.assert_close_normwise(pooled, projected, atol, "pooled against projected")
+
+    def pooled_path(tokens, weight, bias):
+        params = {"in_proj_weight": weight, "in_proj_bias": bias}
+        kwargs = {"key_padding_mask": padding, "need_weights": False}
+        return torch.func.functional_call(layer, params, (tokens, tokens, tokens), kwargs)[0]
+
+    inputs = (x, layer.in_proj_weight.detach(), layer.in_proj_bias.detach())
+    assert torch.autograd.gradcheck(pooled_path, tuple(t.clone().requires_grad_() for t in inputs), fast_mode=True)
+
+
 def encoder(nested):
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)

@@ -8,6 +8,9 @@ or additive ones (``-inf`` = ignore). Masks are read as padding plus causality
 (:func:`~primaldual.integrations.masks.split_mask`): BN's statistics and SH's windows leave padded keys out, a
 causal ``attn_mask`` gives BN prefix statistics, and a mask of any other form (a band, blocks) is a ValueError.
 
+Self-attention of an SH variant (one tensor as query, key and value; packed weights; no weights asked for, as in
+``nn.TransformerEncoderLayer``) pools the tokens before projecting them, as ``Attention`` does.
+
 Cross-attention (``key is not query``): supported, BN's statistics and SH's pooling taken over the keys. Not
 supported (a ValueError on conversion): ``add_bias_kv`` and ``add_zero_attn``.
 
@@ -23,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import AttentionOptions
+from ..functional import AttentionOptions, self_attention
 from .attend import attend
 from .masks import MaskPattern, allowed_from_mask, causal_pattern, split_mask
 
@@ -75,23 +78,35 @@ class MultiheadAttention(nn.Module):
         if key_padding_mask is not None and not batched:
             key_padding_mask = key_padding_mask[None]
         pattern = self._pattern(q.shape[0], q.shape[1], k.shape[1], key_padding_mask, attn_mask, is_causal, q.device)
-        q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in self._project(q, k, v))
-        out, weights = attend(
-            self.options,
-            q,
-            k,
-            v,
-            pattern,
-            causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            need_weights=need_weights,
-        )
+        dropout_p = self.dropout if self.training else 0.0
+        if self._pools_tokens(query, key, value, need_weights, pattern, is_causal):
+            padding = None if pattern is None else pattern.padding
+            weight, bias = self.in_proj_weight, self.in_proj_bias
+            out = self_attention(
+                q, weight, bias, self.num_heads, self.options, key_padding_mask=padding, dropout_p=dropout_p
+            )
+            weights = None
+        else:
+            q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in self._project(q, k, v))
+            out, weights = attend(
+                self.options, q, k, v, pattern, causal=is_causal, dropout_p=dropout_p, need_weights=need_weights
+            )
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         out = out if batched and self.batch_first else out.transpose(0, 1) if batched else out[0]
         if weights is not None:
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights if batched else weights[0]
         return out, weights
+
+    def _pools_tokens(
+        self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool, pattern: MaskPattern | None, causal: bool
+    ) -> bool:
+        """True for an SH variant's self-attention (one tensor as query, key and value, packed weights) where
+        every query sees every valid key and no weights are asked for: SH then pools the tokens before projecting
+        them (:func:`~primaldual.functional.self_attention`), so a head of factor r projects N / r tokens."""
+        full = pattern.kind == "full" if pattern is not None else not causal
+        same = query is key and key is value
+        return self.options.spec.pooled and self.packed and same and full and not need_weights
 
     def _batch_first(self, x: Tensor, batched: bool) -> Tensor:
         """``x`` as ``(B, L, E)``."""
