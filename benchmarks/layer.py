@@ -21,7 +21,6 @@ the profiler. Writes ``layer.{json,csv,md}``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -115,15 +114,7 @@ def interleaved(
     """Median seconds per call over ``repeats`` rounds calling each in turn: wall time (``interleaved_seconds``), or
     with ``clock="process"`` this process's CPU time, which time spent descheduled on a shared machine does not
     inflate (one thread: no waiting at a parallel region's barrier either)."""
-    if clock == "wall":
-        return interleaved_seconds(calls, device, repeats)
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, run in calls.items():
-            start = time.process_time()
-            run()
-            times[name].append(time.process_time() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return interleaved_seconds(calls, device, repeats, time.perf_counter if clock == "wall" else time.process_time)
 
 
 def benchmark(

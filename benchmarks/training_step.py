@@ -6,7 +6,8 @@ Time series: :class:`primaldual.models.SequenceClassifier` at its default size (
 on ``--batch-size`` series of ``--length`` steps. Images: the ``vit_28`` preset (Fashion-MNIST shape, 50
 tokens) on ``--batch-size`` images. A step is forward, cross-entropy, backward and an AdamW update; steps of
 all variants are interleaved after warm-up and the median is reported as samples per second with its ratio
-to softmax. Writes ``training_step.{json,csv,md}`` into ``--output``.
+to softmax. ``--compile``: every model through ``torch.compile`` (default backend, static shapes; compiled during
+the warm-up, which must then be at least 1). Writes ``training_step.{json,csv,md}`` into ``--output``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,16 @@ from primaldual.models import SequenceClassifier
 from primaldual.models.vit import vision_transformer
 
 
-def step(model: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> Callable[[], None]:
-    """A closure running one AdamW training step of ``model`` on ``inputs``."""
+def step(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor, compiled: bool = False
+) -> Callable[[], None]:
+    """A closure running one AdamW training step of ``model`` (through ``torch.compile`` if ``compiled``) on
+    ``inputs``."""
     optimizer = torch.optim.AdamW(model.parameters())
+    forward = torch.compile(model) if compiled else model
 
     def run() -> None:
-        F.cross_entropy(model(*inputs), labels).backward()
+        F.cross_entropy(forward(*inputs), labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -59,11 +64,15 @@ def benchmark(
     length: int = 512,
     warmup: int = 2,
     repeats: int = 7,
+    compiled: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (task, variant): median seconds per step, samples per second and the ratio to softmax."""
+    if compiled and warmup < 1:
+        raise ValueError(f"warmup must be at least 1 with compile (the first step compiles), got {warmup}")
     rows = []
     for task in tasks:
-        calls = {variant: step(*models(task, variant, batch_size, length)) for variant in PAPER_VARIANTS}
+        torch._dynamo.reset()  # a fresh recompile budget (8 entries per code object) for each task's models
+        calls = {v: step(*models(task, v, batch_size, length), compiled=compiled) for v in PAPER_VARIANTS}
         for _ in range(warmup):
             for call in calls.values():
                 call()
@@ -73,6 +82,7 @@ def benchmark(
                 {
                     "task": task,
                     "attention": variant,
+                    "compiled": compiled,
                     "batch_size": batch_size,
                     "length": length if task == "timeseries" else 50,
                     "seconds_per_step": seconds[variant],
@@ -89,6 +99,7 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
         [
             ("task", "task"),
             ("attention", "attention"),
+            ("compiled", lambda r: "yes" if r["compiled"] else "no"),
             ("tokens", "length"),
             ("ms / step", lambda r: f"{1e3 * r['seconds_per_step']:.1f}"),
             ("samples / s", lambda r: f"{r['samples_per_second']:.1f}"),
@@ -110,10 +121,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--length", type=int, default=512, help="time steps of the series (default 512)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up steps per variant (default 2)")
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds, median reported (default 7)")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (warm-up >= 1)")
     parser.add_argument("--output", default="runs/benchmarks", help="folder for training_step.{json,csv,md}")
     args = parser.parse_args(argv)
     rows = benchmark(
-        args.tasks, batch_size=args.batch_size, length=args.length, warmup=args.warmup, repeats=args.repeats
+        args.tasks,
+        batch_size=args.batch_size,
+        length=args.length,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        compiled=args.compile,
     )
     publish(rows, args.output, "training_step", markdown(rows))
     return rows

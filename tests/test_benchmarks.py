@@ -53,6 +53,9 @@ def test_training_step_benchmark_writes_its_table(tmp_path):
     }
     assert all(r["samples_per_second"] > 0 for r in saved)
     assert [r["time_ratio"] for r in saved if r["attention"] == "softmax"] == [1.0, 1.0]
+    assert not any(r["compiled"] for r in saved)
+    with pytest.raises(ValueError, match="warmup must be at least 1 with compile"):
+        training_main(["--compile", "--warmup", "0", "--output", str(tmp_path)])
 
 
 def test_attention_benchmark_runs_only_the_named_candidates_beside_sdpa(tmp_path):

@@ -181,6 +181,22 @@ def test_train_beats_chance_and_writes_outputs(variant: str, tmp_path: Path) -> 
     assert saved_model_accuracy(out) == pytest.approx(saved["test_accuracy"], abs=1e-6)
 
 
+def test_compile_trains_and_evaluates_through_the_compiled_model(tmp_path: Path, monkeypatch) -> None:
+    """compile: every training and evaluation step calls the model through torch.compile (dynamo's capture, here
+    run by a counting backend to keep the test fast); the weights it saves load into a fresh, uncompiled model
+    and give its test accuracy."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, compile_ = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile_(fn, backend=counter, **options))
+    torch._dynamo.reset()
+    metrics = train(TrainConfig(**TINY, compile=True, output=str(tmp_path)))
+    assert counter.frame_count >= 2  # one graph for training, one for evaluation (dynamo guards on module.training)
+    assert metrics["test_accuracy"] >= 0.6
+    assert saved_model_accuracy(tmp_path) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    torch._dynamo.reset()
+
+
 def test_without_validation_selects_on_training_loss(tmp_path: Path) -> None:
     config = TrainConfig(**{**TINY, "epochs": 4}, val_fraction=0.0)
     compare(config, ["softmax"], [0], tmp_path)

@@ -305,16 +305,26 @@ def peak_bytes(call: Callable[[], Any], device: torch.device) -> int:
     return max(itertools.accumulate((nbytes for _, nbytes in events), initial=0))
 
 
-def interleaved_seconds(calls: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
-    """Median wall time per call over ``repeats`` rounds, each round calling every variant once in turn."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
+def interleaved_seconds(
+    calls: dict[str, Callable[[], Any]],
+    device: torch.device,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, float]:
+    """Median time per call by ``clock`` (wall time by default) over ``repeats`` rounds, each calling every variant
+    once, in an order rotated by one place each round. In a fixed order each variant would follow the same one
+    every round, and what a call leaves behind (freed memory that the next call's allocations fault in again,
+    evicted caches) would bias the ratios by position."""
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
             _synchronize(device)
-            start = time.perf_counter()
-            call()
+            start = clock()
+            calls[name]()
             _synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -187,9 +187,7 @@ def fit(
     torch.set_flush_denormal(True)
     L.seed_everything(config.seed, workers=True, verbose=False)
     model = build_model(config, data)
-    module = Classifier(
-        model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs
-    )
+    module = Classifier.for_config(model, data.num_classes, config)
     record = EpochEvaluation(evaluate)
     loader = DataLoader(replace(train, jitter=config.jitter).to_dataset(), config.batch_size, shuffle=True)
     started = time.perf_counter()

@@ -175,6 +175,11 @@ class TrainConfig:
     grad_clip: float = _option(1.0, "clip the gradient norm to this value (0: no clipping)")
     # trainer
     precision: str = _option("32-true", "Lightning precision, e.g. 32-true, bf16-mixed, 16-mixed")
+    compile: bool = _option(
+        False,
+        "run the model through torch.compile (dynamic shapes): the first training and evaluation steps "
+        "compile it, the later ones are fused; for long runs (seconds to minutes of compilation)",
+    )
     seed: int = _option(0, "seed of the data split, initialisation, shuffling and dropout")
     threads: int = _option(
         1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -21,6 +21,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
 
 class Classifier(L.LightningModule):
     """Batches are ``(x, key_padding_mask, y)`` (sequences), for which ``model(x, key_padding_mask)`` gives the logits
@@ -28,17 +31,40 @@ class Classifier(L.LightningModule):
     argument is an attention mask, is called with x only)."""
 
     def __init__(
-        self, model: nn.Module, num_classes: int, *, lr: float, weight_decay: float, warmup_epochs: float
+        self,
+        model: nn.Module,
+        num_classes: int,
+        *,
+        lr: float,
+        weight_decay: float,
+        warmup_epochs: float,
+        compiled: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        # A compiled function of the model's forward, not a module: the parameters, the state dict and the
+        # checkpoints stay the model's own.
+        self._compiled = torch.compile(model.forward, dynamic=True) if compiled else None
         self.lr, self.weight_decay, self.warmup_epochs = lr, weight_decay, warmup_epochs
         for stage in ("train", "val", "test"):  # torchmetrics: exact under DDP, where each process sees a shard
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{stage}_loss", MeanMetric())
 
+    @classmethod
+    def for_config(cls, model: nn.Module, num_classes: int, config: TrainConfig) -> Classifier:
+        """The module with ``config``'s optimisation options (lr, weight_decay, warmup_epochs, compile)."""
+        return cls(
+            model,
+            num_classes,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_epochs=config.warmup_epochs,
+            compiled=config.compile,
+        )
+
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
-        return self.model(x) if key_padding_mask is None else self.model(x, key_padding_mask)
+        model = self._compiled or self.model
+        return model(x) if key_padding_mask is None else model(x, key_padding_mask)
 
     def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         *inputs, y = batch

@@ -120,9 +120,7 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
 
     data = load_data(config)
     model = build_model(config, data)
-    module = Classifier(
-        model, data.num_classes, lr=config.lr, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs
-    )
+    module = Classifier.for_config(model, data.num_classes, config)
     if resume:  # before anything is written: a refused resume leaves the run as it was
         check_resume(load_checkpoint(last), last, config, module)
     has_val = len(data.val) > 0
