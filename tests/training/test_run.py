@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
+from torch import nn
 
 from primaldual.training import TrainConfig, build_model, compare, load_data, summary_row, train
 from primaldual.training.memory import CLEAR_REFS, peak_memory
+from primaldual.training.module import Classifier
 from primaldual.training.run import checksum
 
 # BasicMotions: 6 channels, length 100, 4 classes (chance 25%), 40 train / 40 test series
@@ -194,6 +197,13 @@ def test_compile_trains_and_evaluates_through_the_compiled_model(tmp_path: Path,
     assert counter.frame_count >= 2  # one graph for training, one for evaluation (dynamo guards on module.training)
     assert metrics["test_accuracy"] >= 0.6
     assert saved_model_accuracy(tmp_path) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    # pickled as ddp_spawn sends it to its processes: the compiled forward is rebuilt, not pickled
+    module = Classifier(nn.Linear(3, 2), 2, lr=1e-3, weight_decay=0.0, warmup_epochs=0.0, compiled=True)
+    copy = pickle.loads(pickle.dumps(module))
+    x = torch.randn(4, 3)
+    frames = counter.frame_count
+    torch.testing.assert_close(copy(x), module.model(x), rtol=0, atol=0)
+    assert counter.frame_count == frames + 1 and list(copy.state_dict()) == ["model.weight", "model.bias"]
     torch._dynamo.reset()
 
 

@@ -42,13 +42,26 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.model = model
-        # A compiled function of the model's forward, not a module: the parameters, the state dict and the
-        # checkpoints stay the model's own.
-        self._compiled = torch.compile(model.forward, dynamic=True) if compiled else None
+        self.compiled = compiled
+        self._compiled = self._compile()
         self.lr, self.weight_decay, self.warmup_epochs = lr, weight_decay, warmup_epochs
         for stage in ("train", "val", "test"):  # torchmetrics: exact under DDP, where each process sees a shard
             setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
             setattr(self, f"{stage}_loss", MeanMetric())
+
+    def _compile(self) -> Any:
+        """The model's forward through ``torch.compile`` (None unless ``compiled``): a function, not a module, so
+        that the parameters, the state dict and the checkpoints stay the model's own."""
+        return torch.compile(self.model.forward, dynamic=True) if self.compiled else None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``ddp_spawn`` sends the module to its processes) without the compiled function, which does not
+        pickle; :meth:`__setstate__` compiles again."""
+        return {**super().__getstate__(), "_compiled": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._compiled = self._compile()
 
     @classmethod
     def for_config(cls, model: nn.Module, num_classes: int, config: TrainConfig) -> Classifier:
