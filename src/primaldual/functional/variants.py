@@ -189,12 +189,12 @@ def self_attention(
     check_key_padding_mask(key_padding_mask, x.unsqueeze(1))
     check_dropout(dropout_p)
     groups, head_dim = head_split(scales), weight.shape[0] // (3 * num_heads)
-    rows, sizes = _projection_rows(groups, num_heads, head_dim)
+    rows, widths = _projection_rows(groups, num_heads, head_dim)
     index = torch.tensor(rows, device=weight.device)  # one gather of the weight, one index_add backward
+    sizes = [sum(parts) for parts in widths]
     weights = weight.index_select(0, index).split(sizes)
     biases = [None] * len(sizes) if bias is None else bias.index_select(0, index).split(sizes)
-    widths = [2 * head_dim * len(range(num_heads)[s]) for s, f in zip(groups.slices(), groups.factors) if f == 1]
-    q, *direct = F.linear(x, weights[0], biases[0]).split([num_heads * head_dim, *widths], -1)
+    q, *direct = F.linear(x, weights[0], biases[0]).split(widths[0], -1)
     prefix = options.num_prefix_tokens
     tokens = {f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=prefix) for f in set(groups.factors)}
 
@@ -208,10 +208,11 @@ def self_attention(
     return _evaluate_groups(options, _heads(q, head_dim), groups, pooled_keys(), dropout_p)
 
 
-def _projection_rows(groups: HeadSplit, num_heads: int, head_dim: int) -> tuple[list[int], list[int]]:
-    """SH's projections of a fused weight ``(3·H·D, C)``: its rows in the order they are used, and the rows
-    of each projection. The first projects x: q's rows, then the k and v rows of each group of factor 1 (its
-    pooled tokens are x); then one projection per other group of its pooled tokens: its k rows, its v rows."""
+def _projection_rows(groups: HeadSplit, num_heads: int, head_dim: int) -> tuple[list[int], list[list[int]]]:
+    """SH's projections of a fused weight ``(3·H·D, C)``: its rows in the order they are used, and the widths of
+    each projection's parts. The first projects x: q's rows, then the k and v rows of each group of factor 1 (its
+    pooled tokens are x), one part each; then one projection per other group of its pooled tokens: its k rows,
+    its v rows."""
 
     def keys_values(heads: slice) -> list[int]:
         return [
@@ -222,9 +223,10 @@ def _projection_rows(groups: HeadSplit, num_heads: int, head_dim: int) -> tuple[
         ]
 
     slices = list(zip(groups.slices(), groups.factors))
-    blocks = [list(range(num_heads * head_dim)) + [r for s, f in slices if f == 1 for r in keys_values(s)]]
-    blocks += [keys_values(s) for s, f in slices if f != 1]
-    return [r for block in blocks for r in block], [len(block) for block in blocks]
+    first = [list(range(num_heads * head_dim))] + [keys_values(s) for s, f in slices if f == 1]
+    projections = [first] + [[keys_values(s)] for s, f in slices if f != 1]
+    rows = [r for parts in projections for part in parts for r in part]
+    return rows, [[len(part) for part in parts] for parts in projections]
 
 
 def softmax_attention(
