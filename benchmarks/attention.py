@@ -112,10 +112,7 @@ def benchmark(
                 calls = {name: with_backward(call, (q, k, v)) for name, call in calls.items()}
             else:
                 calls = {name: _no_grad(call) for name, call in calls.items()}
-            for _ in range(warmup):
-                for call in calls.values():
-                    call()
-            seconds = interleaved_seconds(calls, dev, repeats)
+            seconds = interleaved_seconds(calls, dev, repeats, warmup=warmup)
             peaks = {name: peak_bytes(call, dev) for name, call in calls.items()} if memory else {}
             for name in calls:
                 rows.append(

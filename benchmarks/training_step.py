@@ -73,10 +73,7 @@ def benchmark(
     for task in tasks:
         torch._dynamo.reset()  # a fresh recompile budget (8 entries per code object) for each task's models
         calls = {v: step(*models(task, v, batch_size, length), compiled=compiled) for v in PAPER_VARIANTS}
-        for _ in range(warmup):
-            for call in calls.values():
-                call()
-        seconds = interleaved_seconds(calls, torch.device("cpu"), repeats)
+        seconds = interleaved_seconds(calls, torch.device("cpu"), repeats, warmup=warmup)
         for variant in PAPER_VARIANTS:
             rows.append(
                 {

@@ -117,3 +117,20 @@ def test_scaling_benchmark_writes_ratios_per_length(tmp_path):
     table = (tmp_path / "scaling.md").read_text()
     assert "| layer | sh |" in table and "N=32" in table
     assert "time / softmax, by sequence length" in table and "time (ms), by sequence length" in table
+
+
+def test_whole_model_benchmark_writes_ratios_to_the_hosts_own_attention(tmp_path):
+    from benchmarks.whole_model import main as whole_main
+
+    rows = whole_main(
+        ["--hosts", "nn-encoder", "--lengths", "8", "--repeats", "1", "--warmup", "0", "--compile", "no"]
+        + ["--output", str(tmp_path)]
+    )
+    assert {(r["mode"], r["attention"]) for r in rows} == {
+        (mode, impl) for mode in ("inference", "train") for impl in ("sdpa", "softmax", "bn")
+    }
+    assert all(r["ratio"] == 1.0 for r in rows if r["attention"] == "sdpa")
+    assert all(r["seconds"] > 0 for r in rows)
+    saved = json.loads((tmp_path / "whole_model.json").read_text())
+    assert len(saved) == len(rows)
+    assert "| nn-encoder | train | no | bn |" in (tmp_path / "whole_model.md").read_text()

@@ -310,12 +310,17 @@ def interleaved_seconds(
     device: torch.device,
     repeats: int,
     clock: Callable[[], float] = time.perf_counter,
+    *,
+    warmup: int = 0,
 ) -> dict[str, float]:
     """Median time per call by ``clock`` (wall time by default) over ``repeats`` rounds, each calling every variant
-    once, in an order rotated by one place each round. In a fixed order each variant would follow the same one
+    once, in an order rotated by one place each round, after ``warmup`` untimed rounds. In a fixed order each variant would follow the same one
     every round, and what a call leaves behind (freed memory that the next call's allocations fault in again,
     evicted caches) would bias the ratios by position."""
     names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
         shift = round_ % len(names)

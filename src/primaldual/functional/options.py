@@ -134,7 +134,13 @@ def _check_bn(eps: float, mean_weight: float) -> None:
     to 0); ``mean_weight`` (β) is any finite number."""
     if not eps > 0:  # also refuses NaN
         raise ValueError(f"eps must be > 0, got {eps}")
-    if not math.isfinite(eps):
+    if not _finite(eps):
         raise ValueError(f"eps must be finite, got {eps}")
-    if not math.isfinite(mean_weight):
+    if not _finite(mean_weight):
         raise ValueError(f"mean_weight must be finite, got {mean_weight}")
+
+
+def _finite(x: float) -> bool:
+    """``math.isfinite`` by comparisons, which torch.compile folds when options are made while it traces (dynamo
+    turns ``math.isfinite`` of a float into a tensor op and breaks the graph)."""
+    return -math.inf < x < math.inf

@@ -230,7 +230,8 @@ def pool_sequence(
             weights = valid.view(valid.shape[0], *[1] * (tensors[0].dim() - 3), windows, factor, 1)
             count = weights.sum(-2)
         pooled = [_window_sums(t[..., p:, :], weights, windows, factor, extra) / count.clamp_min(1) for t in tensors]
-        pooled_mask = None if key_padding_mask is None else count.reshape(count.shape[0], windows) == 0
+        # count (B, 1.., W, 1) -> (B, W) by indexing: a reshape makes torch.export guard ``1 % W != 0``
+        pooled_mask = None if key_padding_mask is None else count[(slice(None), *[0] * (count.dim() - 3), ..., 0)] == 0
     if p:
         pooled = [torch.cat((t[..., :p, :], pt), -2) for t, pt in zip(tensors, pooled)]
         if pooled_mask is not None:

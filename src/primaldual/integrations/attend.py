@@ -1,7 +1,8 @@
 """One attention call of a host library, answered by a variant: masks, causality, KV caches, scaling, weights.
 
-The host gives projected q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)`` and a mask read by
-:func:`~primaldual.integrations.masks.split_mask`. :func:`attend` routes the call:
+The host gives projected q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)`` and its mask as a
+:class:`~primaldual.integrations.masks.MaskPattern` (keys' padding and the call's kind, read by structure).
+:func:`attend` routes the call:
 
 * every query sees every valid key (an encoder, cross-attention, one decoding step against a KV cache):
   :func:`primaldual.functional.attention` with the keys' padding. A decoding query sees all cached keys, so its
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +36,10 @@ from torch import Tensor
 
 from .. import functional
 from ..functional import AttentionOptions, key_statistics
-from .masks import MaskPattern, causal_pattern
+from ..functional.transforms import tracing
+from .masks import MaskPattern, structural_pattern
+
+T = TypeVar("T")
 
 
 def attend(
@@ -55,26 +61,35 @@ def attend(
     or all of them). ``scaling``: the host's score scale in place of ``1/√D`` (None: ``1/√D``).
     """
     nq, nk = q.shape[2], k.shape[2]
-    if pattern is None and ((causal and 1 < nq != nk) or (options.spec.windowed and nq == 1 != nk)):
-        pattern = causal_pattern(q.shape[0], nq, nk, None, q.device)  # a query at position Nk - Nq + i
-    kind = pattern.kind if pattern is not None else "causal" if causal and nq > 1 else "full"
-    if kind != "full":
+    if pattern is None:
+        pattern = structural_pattern(None, causal=causal, nq=nq, nk=nk)
+    if options.spec.windowed and nq != nk and pattern.frontier is None:
+        pattern = single_query_position(pattern, nq, nk, q.device, options.variant)
+    if pattern.kind != "full":
         check_causal(options)
     scale = 1.0 if scaling is None or options.spec.kernel != "softmax" else scaling * math.sqrt(q.shape[-1])
     if abs(scale - 1.0) > 1e-12:
         q, options = q * scale, scaled_options(options, scale)
-    if kind == "prefix" or (options.spec.windowed and nq != nk):
-        if pattern is None:
-            raise ValueError(
-                f"variant {options.variant!r} needs the queries' positions: as many queries as keys, one query "
-                f"after the keys, or a causal mask; got {nq} queries and {nk} keys"
-            )
+    if pattern.frontier is not None:
         return explicit_attention(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
-    padding = None if pattern is None else pattern.padding
-    options = with_causal(options, kind == "causal")
+    padding = pattern.padding
+    options = with_causal(options, pattern.kind == "causal")
     out = functional.attention(q, k, v, options, key_padding_mask=padding, dropout_p=dropout_p)
     weights = functional.attention_weights(q, k, options, key_padding_mask=padding) if need_weights else None
     return out, weights
+
+
+def single_query_position(pattern: MaskPattern, nq: int, nk: int, device: torch.device, variant: str) -> MaskPattern:
+    """``pattern`` (every query sees every valid key) with the query's position, which a sliding window is centred
+    on: one query after the keys, at the last valid key. More queries than one: a ValueError."""
+    if nq != 1:
+        raise ValueError(
+            f"variant {variant!r} needs the queries' positions: as many queries as keys, one query after the keys, "
+            f"or a causal call; got {nq} queries and {nk} keys"
+        )
+    valid = torch.ones(1, nk, dtype=torch.bool, device=device) if pattern.padding is None else ~pattern.padding
+    frontier = torch.where(valid, torch.arange(nk, device=device), -1).amax(-1, keepdim=True)
+    return MaskPattern(pattern.padding, "prefix", frontier, valid[:, None, None, :])
 
 
 def check_causal(options: AttentionOptions) -> None:
@@ -93,13 +108,25 @@ def check_causal(options: AttentionOptions) -> None:
         )
 
 
-@functools.lru_cache(maxsize=256)
+def memoized(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn`` (pure, hashable arguments) cached in eager calls; called as is while torch.compile traces, which
+    would ignore ``functools.lru_cache`` (with a warning) and bakes the result into the graph anyway."""
+    cached = functools.lru_cache(maxsize=256)(fn)
+
+    @functools.wraps(fn)
+    def call(*args: Any) -> T:
+        return fn(*args) if tracing() else cached(*args)
+
+    return call
+
+
+@memoized
 def scaled_options(options: AttentionOptions, scale: float) -> AttentionOptions:
     """``options`` for queries multiplied by ``scale``: BN's β multiplied too (see the module doc)."""
     return options.replace(mean_weight=options.mean_weight * scale) if options.spec.bn else options
 
 
-@functools.lru_cache(maxsize=256)
+@memoized
 def with_causal(options: AttentionOptions, causal: bool) -> AttentionOptions:
     """``options`` with ``causal`` set (made once per options object): the host's mask decides, not the options."""
     return options if options.causal == causal else options.replace(causal=causal)

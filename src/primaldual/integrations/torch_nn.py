@@ -4,9 +4,12 @@
 ``q/k/v_proj_weight``, ``in_proj_bias``, ``out_proj``: the same tensors, so training either trains both) and its
 forward signature ``(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights,
 is_causal) -> (out, weights or None)``: batch first or sequence first, batched or not, bool masks (True = ignore)
-or additive ones (``-inf`` = ignore). Masks are read as padding plus causality
-(:func:`~primaldual.integrations.masks.split_mask`): BN's statistics and SH's windows leave padded keys out, a
-causal ``attn_mask`` gives BN prefix statistics, and a mask of any other form (a band, blocks) is a ValueError.
+or additive ones (``-inf`` = ignore). Masks are read as padding plus causality by structure
+(:mod:`~primaldual.integrations.masks`): ``key_padding_mask`` is the keys' padding and ``is_causal`` the causal
+flag (with an ``attn_mask``, PyTorch's hint that it is the causal mask), so BN's statistics and SH's windows leave
+padded keys out, causal calls give BN prefix statistics, and no mask value is read on the host; any other
+``attn_mask`` is checked to be padding with or without causality, and one of another form (a band, blocks) is a
+ValueError.
 
 Self-attention of an SH variant (one tensor as query, key and value; packed weights; no weights asked for, as in
 ``nn.TransformerEncoderLayer``) pools the tokens before projecting them, as ``Attention`` does.
@@ -28,7 +31,7 @@ from torch import Tensor, nn
 
 from ..functional import AttentionOptions, self_attention
 from .attend import attend
-from .masks import MaskPattern, allowed_from_mask, causal_pattern, split_mask
+from .masks import MaskPattern, allowed_from_mask, pattern_from_allowed, structural_pattern
 
 
 class MultiheadAttention(nn.Module):
@@ -134,23 +137,27 @@ class MultiheadAttention(nn.Module):
         is_causal: bool,
         device: torch.device,
     ) -> MaskPattern | None:
-        """The masks as one pattern, None without masks (``attend`` then follows ``is_causal``)."""
-        valid = None
+        """The masks as one pattern, None without masks (``attend`` then follows ``is_causal``). The padding and
+        ``is_causal`` are structure, read without looking at values (beyond ``torch._assert_async`` that a float
+        ``key_padding_mask`` holds only 0 and ``-inf``); with ``is_causal`` the ``attn_mask`` is the causal mask, as
+        PyTorch's hint says. Any other ``attn_mask`` is checked to be a prefix pattern (``split_mask``)."""
+        padding = None
         if key_padding_mask is not None:
-            valid = allowed_from_mask(key_padding_mask, true_means="ignore", name="key_padding_mask")
-        if attn_mask is None:
-            if valid is None:
+            if key_padding_mask.shape != (b, nk):
+                raise ValueError(
+                    f"key_padding_mask must be (batch, keys) = {(b, nk)}, got {tuple(key_padding_mask.shape)}"
+                )
+            padding = ~allowed_from_mask(key_padding_mask, true_means="ignore", name="key_padding_mask", check=False)
+        if attn_mask is None or is_causal:
+            if padding is None and attn_mask is None:
                 return None
-            return (
-                causal_pattern(b, nq, nk, ~valid, device)
-                if is_causal
-                else split_mask(valid[:, None, :].expand(b, nq, nk), name="key_padding_mask")
-            )
+            return structural_pattern(padding, causal=is_causal, nq=nq, nk=nk)
         allowed = allowed_from_mask(attn_mask, true_means="ignore", name="attn_mask")
         if allowed.dim() == 3:  # (B * H, L, S)
             allowed = allowed.view(b, self.num_heads, nq, nk)
         allowed = allowed.expand(b, *allowed.shape[-3:]) if allowed.dim() == 4 else allowed.expand(b, 1, nq, nk)
-        return split_mask(allowed if valid is None else allowed & valid[:, None, None, :], name="attn_mask")
+        allowed = allowed if padding is None else allowed & ~padding[:, None, None, :]
+        return pattern_from_allowed(allowed, causal=False, nq=nq, name="attn_mask")
 
     def _nested(
         self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool, average: bool, is_causal: bool

@@ -7,11 +7,13 @@
 
 Each name is registered twice: as an attention function (``AttentionInterface``) and as a mask function
 (``AttentionMaskInterface``). Without the second, transformers hands a custom implementation no mask at all and
-padding would silently take part in BN statistics and SH windows. The mask function is transformers' own
-``sdpa_mask``: a bool ``(B, 1, Nq, Nk)`` mask (True = attend), or None where SDPA needs none (no padding; then the
-module's ``is_causal`` says whether the call is causal). The attention function reads that mask with
-:func:`~primaldual.integrations.masks.split_mask` and routes it as :func:`~primaldual.integrations.attend.attend`
-describes; what it handles:
+padding would silently take part in BN statistics and SH windows. The mask function (:func:`primaldual_mask`)
+hands the attention function the structure rather than a matrix to re-analyse: for a plain causal or
+bidirectional mask, the padding row ``(B, 1, 1, Nk)`` (True = attend), or None without padding, and the module's
+``is_causal`` says whether the call is causal (as it does for SDPA when transformers skips the mask); for any
+other structure, transformers' own dense ``sdpa_mask``. So a padded model reads no mask value on the host and
+compiles without a graph break (:mod:`~primaldual.integrations.masks`); the call is then routed as
+:func:`~primaldual.integrations.attend.attend` describes. What it handles:
 
 * padding masks of encoders; causal masks of decoders (BN: prefix statistics); a KV cache (a decoding query sees
   every cached key, so greedy generation gives the same tokens with and without the cache); a static cache's
@@ -29,18 +31,24 @@ logit soft-capping and attention sinks.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    bidirectional_mask_function,
+    causal_mask_function,
+    prepare_padding_mask,
+    sdpa_mask,
+)
 
 from ..functional import VARIANTS, AttentionOptions
 from ..functional.options import FIELDS, check_names
-from .attend import attend
-from .masks import allowed_from_mask, split_mask
+from .attend import attend, memoized
+from .masks import allowed_from_mask, pattern_from_allowed
 
 PREFIX = "primaldual-"
 UNSUPPORTED = ("softcap", "position_bias", "s_aux", "sinks")
@@ -64,10 +72,41 @@ def register(**options: Any) -> list[str]:
     return names
 
 
-def primaldual_mask(*args: Any, **kwargs: Any) -> Tensor | None:
-    """transformers' ``sdpa_mask``: bool ``(B, 1, Nq, Nk)``, True where query i may attend key j, or None when no
-    key is padding (causality then comes from the module)."""
-    return sdpa_mask(*args, **kwargs)
+def primaldual_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int | Tensor = 0,
+    kv_offset: int = 0,
+    mask_function: Callable = causal_mask_function,
+    attention_mask: Tensor | None = None,
+    allow_is_causal_skip: bool = True,
+    **kwargs: Any,
+) -> Tensor | None:
+    """The mask the variants read by structure (see the module doc).
+
+    A plain causal or bidirectional mask whose queries are the last ``q_length`` positions: the padding row
+    ``(B, 1, 1, Nk)`` (True = attend), or None without an ``attention_mask``; the module's ``is_causal`` then says
+    whether the call is causal, as it does for SDPA when transformers skips the mask. Any other structure (sliding
+    windows, chunks, packed sequences, a static cache's tensor offset) or a caller that needs the full matrix
+    (``allow_is_causal_skip=False``): transformers' ``sdpa_mask``, a dense ``(B, 1, Nq, Nk)`` mask.
+    """
+    arguments = dict(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset)
+    arguments |= dict(kv_offset=kv_offset, mask_function=mask_function, attention_mask=attention_mask)
+    causal = mask_function is causal_mask_function
+    plain = causal or mask_function is bidirectional_mask_function
+    aligned = not causal or (isinstance(q_offset, int) and q_offset + q_length == kv_offset + kv_length)
+    if not (plain and aligned and (allow_is_causal_skip or not causal) and kwargs.get("local_size") is None):
+        return sdpa_mask(**arguments, allow_is_causal_skip=allow_is_causal_skip, **kwargs)
+    if attention_mask is None:
+        skip = (
+            allow_is_causal_skip and q_length in (1, kv_length) if causal else kwargs.get("allow_is_bidirectional_skip")
+        )
+        if skip:
+            return None
+        attention_mask = torch.ones(batch_size, kv_offset + kv_length, dtype=torch.bool, device=kwargs.get("device"))
+    padding_mask = prepare_padding_mask(attention_mask, kv_length, kv_offset)
+    return padding_mask[:, None, None, kv_offset : kv_offset + kv_length].bool()
 
 
 def attention_function(variant: str, **options: Any) -> Callable[..., tuple[Tensor, Tensor | None]]:
@@ -122,8 +161,9 @@ def forward(
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     pattern = None
     if attention_mask is not None:
-        allowed = allowed_from_mask(attention_mask[..., : key.shape[2]], true_means="attend", name="attention_mask")
-        pattern = split_mask(allowed)
+        mask = attention_mask[..., : key.shape[2]]
+        allowed = allowed_from_mask(mask, true_means="attend", name="attention_mask")
+        pattern = pattern_from_allowed(allowed, causal=bool(is_causal), nq=query.shape[2], name="attention_mask")
     elif is_causal and 1 < query.shape[2] < key.shape[2]:
         # A prompt against an empty static cache: sdpa_mask skips the mask and the keys past the prompt are unfilled.
         key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
@@ -141,7 +181,7 @@ def forward(
     return out.transpose(1, 2).contiguous(), weights
 
 
-@functools.lru_cache(maxsize=256)
+@memoized
 def for_heads(options: AttentionOptions, num_heads: int) -> AttentionOptions:
     """``options.for_heads(num_heads)``, made once per model shape."""
     return options.for_heads(num_heads)
