@@ -351,7 +351,8 @@ class RecordSizes:
             law_options = dict(causal=causal_law)
             if scale is not None and options.spec.bn and options.spec.kernel == "softmax":
                 law_options["mean_weight"] = options.mean_weight * scale * math.sqrt(q.shape[-1])
-            sizes.append(variant_law(options, queries, k.detach(), padding, **law_options)["size"])
+            keys = k.detach().repeat_interleave(q.shape[1] // k.shape[1], 1)  # grouped-query keys per query head
+            sizes.append(variant_law(options, queries, keys, padding, **law_options)["size"])
             return original(options, q, k, v, pattern, causal=causal, **kwargs)
 
         return recording

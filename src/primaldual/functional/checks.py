@@ -9,7 +9,9 @@ from torch import Tensor
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
-    """q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)``: same batch, heads, dtype, device."""
+    """q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)``: same batch, dtype, device; k and v share
+    their heads, whose number divides H (``Hkv < H``: grouped-query attention, query head h reads key head
+    ``h // (H / Hkv)``)."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(
@@ -19,9 +21,11 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
             raise ValueError(f"{name} must be 4-D (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2]:
+    grouped = k.shape[1] and q.shape[1] % k.shape[1] == 0
+    if q.shape[0] != k.shape[0] or k.shape[:2] != v.shape[:2] or not grouped:
         raise ValueError(
-            f"q, k, v must share (batch, heads); got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+            "q, k, v must share the batch, k and v their heads, whose number divides q's (grouped-query attention); "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share head_dim; got q {tuple(q.shape)}, k {tuple(k.shape)}")

@@ -31,10 +31,12 @@ def softmax_kernel(
 ) -> Tensor:
     """``Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys, via the fused SDPA kernel.
 
-    q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk, Dv)`` -> ``(B, H, Nq, Dv)``.
+    q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` -> ``(B, H, Nq, Dv)``; ``Hkv < H``
+    (grouped-query attention) without a window only.
     """
     if key_padding_mask is None and window is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal)
+        gqa = k.shape[1] != q.shape[1]
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=gqa)
     if window is not None and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
         return _sliding_window(q, k, v, key_padding_mask, window=window, causal=causal, dropout_p=dropout_p)
     allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
@@ -45,7 +47,8 @@ def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: fl
     """SDPA with a boolean mask (True = attend); a row with no allowed key returns 0."""
     # Such a row would give 0/0: let it see every key (finite values and gradients), then zero it.
     empty = ~allowed.any(-1, keepdim=True)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p)
+    gqa = k.shape[1] != q.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p, enable_gqa=gqa)
     return out.masked_fill(empty, 0.0)
 
 

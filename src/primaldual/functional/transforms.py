@@ -113,9 +113,12 @@ def bn_softmax_inputs(
         return _bn_softmax_inputs(q, k, key_padding_mask, eps, mean_weight)[:2]
     if not causal:
         return _BNSoftmaxInputs.apply(q, k, key_padding_mask, eps, mean_weight)
-    stats = key_statistics(k, key_padding_mask, eps=eps, causal=True)
+    stats = key_statistics(k, key_padding_mask, eps=eps, causal=True)  # per key head: (B, Hkv, N, D)
     scale = stats.var.reciprocal().masked_fill(stats.count <= 1, 0.0)
     shift = (stats.mean * -mean_weight).masked_fill(stats.count <= 1, 0.0)
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head's statistics serve its query heads
+        groups = q.shape[1] // k.shape[1]
+        scale, shift = scale.repeat_interleave(groups, dim=1), shift.repeat_interleave(groups, dim=1)
     return (q + shift) * scale, k - stats.centre.detach()
 
 

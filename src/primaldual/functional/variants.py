@@ -95,6 +95,20 @@ def normalise(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | No
     return bn_normalize(q, k, mask, eps=options.eps, mean_weight=options.mean_weight)
 
 
+def reads_grouped_keys(options: AttentionOptions) -> bool:
+    """Whether the variant takes grouped-query keys ``(B, Hkv, N, ·)`` as they are: softmax (SDPA's
+    ``enable_gqa``) and causal BN (its prefix statistics taken per key head, then read by each of its query
+    heads). The others get the keys repeated to the query heads (:func:`repeat_kv`)."""
+    spec = options.spec
+    return spec.kernel == "softmax" and not spec.pooled and not spec.windowed and (options.causal or not spec.bn)
+
+
+def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
+    """Keys or values ``(B, Hkv, N, ·)`` repeated to ``num_heads`` heads, each key head ``H / Hkv`` times in a row
+    (grouped-query attention); x itself when it has them."""
+    return x if x.shape[1] == num_heads else x.repeat_interleave(num_heads // x.shape[1], dim=1)
+
+
 def _fit_and_evaluate(
     options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
 ) -> Tensor:
@@ -125,6 +139,8 @@ def attention(
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, v, key_padding_mask)
     check_dropout(dropout_p)
+    if not reads_grouped_keys(options):
+        k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
     groups = head_split(scales)

@@ -17,7 +17,7 @@ from . import reference
 from .kernels import elu_feature_map
 from .options import AttentionOptions
 from .transforms import allowed_keys, head_split, join_heads, pool_keys, split_heads
-from .variants import check_inputs, normalise, resolve_options
+from .variants import check_inputs, normalise, repeat_kv, resolve_options
 
 
 def attention_weights(
@@ -46,6 +46,7 @@ def attention_weights(
     """
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, k, key_padding_mask)
+    k = repeat_kv(k, q.shape[1])
     if scales is None:
         return _kernel_weights(options, q, k, key_padding_mask)
     b, nk = q.shape[0], k.shape[2]

@@ -54,7 +54,8 @@ def attend(
     scaling: float | None = None,
     need_weights: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
-    """Attention ``options`` (made for H heads) on q, k, v ``(B, H, ·, ·)`` -> ``(B, H, Nq, Dv)`` and the weights
+    """Attention ``options`` (made for H heads) on q ``(B, H, Nq, D)``, k, v ``(B, Hkv, Nk, ·)`` (``Hkv`` dividing H:
+    grouped-query attention) -> ``(B, H, Nq, Dv)`` and the weights
     ``(B, H, Nq, Nk)`` when ``need_weights`` (before dropout), else None.
 
     ``pattern``: the host's mask (None: no mask; then ``causal`` says whether query i sees keys ``j <= Nk - Nq + i``
@@ -70,6 +71,8 @@ def attend(
     scale = 1.0 if scaling is None or options.spec.kernel != "softmax" else scaling * math.sqrt(q.shape[-1])
     if abs(scale - 1.0) > 1e-12:
         q, options = q * scale, scaled_options(options, scale)
+    if pattern.frontier is not None or need_weights:  # explicit weights: one key head per query head
+        k, v = functional.repeat_kv(k, q.shape[1]), functional.repeat_kv(v, q.shape[1])
     if pattern.frontier is not None:
         return explicit_attention(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
     padding = pattern.padding

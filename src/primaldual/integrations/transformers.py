@@ -18,7 +18,8 @@ compiles without a graph break (:mod:`~primaldual.integrations.masks`); the call
 * padding masks of encoders; causal masks of decoders (BN: prefix statistics); a KV cache (a decoding query sees
   every cached key, so greedy generation gives the same tokens with and without the cache); a static cache's
   unfilled tail (keys no query sees are padding).
-* grouped-query attention: keys and values repeated to the query heads (``repeat_kv``), then per-head as usual.
+* grouped-query attention: keys and values kept per key head where the variant reads them so (softmax: SDPA's
+  ``enable_gqa``; causal BN: statistics per key head), repeated to the query heads otherwise (``repeat_kv``).
 * the module's ``scaling`` in place of ``1/√D`` (BN: ``scaling · x̂(q)ᵀx̂(k)``; the linear kernel has no scale).
 * attention dropout while training (the ``dropout`` the module passes); ``output_attentions``: the explicit weights
   ``(B, H, Nq, Nk)`` of :func:`primaldual.functional.attention_weights` (SH's pooled weights spread back over the
@@ -154,9 +155,6 @@ def forward(
     for name in UNSUPPORTED:
         if kwargs.get(name) is not None:
             raise ValueError(f"{PREFIX}{options.variant} does not support {name} (given by {type(module).__name__})")
-    if key.shape[1] != query.shape[1]:  # grouped-query attention
-        groups = query.shape[1] // key.shape[1]
-        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     pattern = None
