@@ -15,6 +15,16 @@ if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>
          "--root (a folder holding Fashion-MNIST's four IDX files)" >&2
   fi
 fi
+# PostgreSQL (Debian's postgresql package) for the tests of tune's shared-study path: they start a server on
+# loopback and fail, not skip, without one. Installed as root, checked on every run.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+      || echo "setup: installing postgresql failed; tests/training/test_tune_postgres.py will fail" >&2
+  else
+    echo "setup: not root or no apt-get, postgresql not installed; tests/training/test_tune_postgres.py will fail" >&2
+  fi
+fi
 stamp="$VENV/.primaldual-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi

@@ -91,6 +91,26 @@ def add_parsers(commands: Any) -> None:
     tune.add_argument("--storage", help="Optuna storage URL shared by workers (default: sqlite:///OUTPUT/study.db)")
     tune.add_argument("--workers", type=int, default=1, help="processes optimising at once (default: 1)")
     tune.add_argument("--root", help="a folder of UEA .ts files (default: the bundled sets)")
+    tune.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the TPE sampler (--workers: seed + i for worker i; give each machine of a shared study its "
+        "own, else they sample the same options; default: 0)",
+    )
+    tune.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=60,
+        help="a trial whose worker has not beaten its heartbeat for this long (killed, its machine lost) is "
+        "failed and its options run again by a live worker (default: 60)",
+    )
+    tune.add_argument(
+        "--space",
+        metavar="FILE.yaml",
+        help="the search space: a mapping of option to its list of choices ('tokens': series cut into that many "
+        "patches; default: d_model, depth, lr, dropout, tokens, epochs as in primaldual.training.tune.SPACE)",
+    )
 
 
 def run(command: str, options: dict[str, Any]) -> None:
@@ -98,7 +118,8 @@ def run(command: str, options: dict[str, Any]) -> None:
     if command == "tune":
         from .training.tune import tune
 
-        best = tune(options.pop("dataset"), options.pop("output"), **options)
+        space = _read_space(options.pop("space"))
+        best = tune(options.pop("dataset"), options.pop("output"), space=space, **options)
         print(yaml.safe_dump(best, sort_keys=False), end="")
         return
     from .analysis.benchmark_report import benchmark_report, head_measure
@@ -155,3 +176,13 @@ def _read_overrides(path: str | None) -> dict[str, Any]:
     if not isinstance(overrides, dict):
         raise TypeError(f"--config {path} must hold a mapping of options, got {type(overrides).__name__}")
     return overrides
+
+
+def _read_space(path: str | None) -> dict[str, list[Any]] | None:
+    if path is None:
+        return None
+    with open(path) as file:
+        space = yaml.safe_load(file)
+    if not isinstance(space, dict) or not all(isinstance(c, list) and c for c in space.values()):
+        raise TypeError(f"--space {path} must hold a mapping of option names to non-empty lists of choices")
+    return space

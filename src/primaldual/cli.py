@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lightning.fabric.utilities.exceptions import MisconfigurationException  # slow imports: after --help
     from lightning.pytorch.utilities import rank_zero_only
 
+    from .training.tune import StorageError  # tune's storage unusable: its URL (password hidden) and the reason
+
     command = options.pop("command")
     prog = f"{parser.prog} {command}"
     try:
@@ -206,7 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .analysis import report
 
                 print(f"report: {report([output], f'{output}/report')}")
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, MisconfigurationException) as error:
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        MisconfigurationException,
+        StorageError,
+    ) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     return 0

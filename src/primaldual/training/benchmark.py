@@ -18,8 +18,10 @@ K validation curves is highest (the latest such epoch), chosen without the test 
 test accuracy over epochs, the Time-Series-Library protocol behind published UEA numbers (an upper bound).
 
 Every job is skipped when its record exists (a killed benchmark resumes where it stopped) and is run under
-:func:`~primaldual.files.folder_lock`, so several benchmark processes may share one output folder. A record holds the
-options it was made with; a record made with other options is an error, not a silent mix.
+:func:`~primaldual.files.folder_lock`, so several benchmark processes may share one output folder: a process passes
+over the jobs another one holds, then comes back to each, waiting for its lock, and runs it if its holder died
+without a record (a killed process never leaves a lock held). A record holds the options it was made with; a record
+made with other options is an error, not a silent mix.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -278,15 +281,17 @@ def run_job(
     root: str | None = None,
     folds: int = 3,
     measure: Measure | None = None,
+    wait: bool = False,
 ) -> str:
-    """Run ``job`` unless its record exists or another process holds it; returns what happened, one line."""
+    """Run ``job`` unless its record exists or (without ``wait``) another process holds it, in which case the line
+    ends with :data:`HELD`; with ``wait``, wait for the holder; returns what happened, one line."""
     folder = job.folder(output)
     path = folder / "record.json"
-    with folder_lock(folder, wait=False) as held:
+    with folder_lock(folder, wait=wait) as held:
         if not held:
-            return f"{job}: another process holds it"
+            return f"{job.dataset} {job.method} {job.name}: {HELD}"
         if path.is_file():
-            return f"{job}: done already"
+            return f"{job.dataset} {job.method} {job.name}: done already"
         started = time.perf_counter()
         if job.method in BASELINES:
             result = run_baseline(job, root)
@@ -297,6 +302,10 @@ def run_job(
         record = {"dataset": job.dataset, "method": job.method, "kind": job.kind, "index": job.index, **result}
         atomic_write(path, json.dumps(record, indent=1).encode())
         return f"{job.dataset} {job.method} {job.name}: {time.perf_counter() - started:.1f} s"
+
+
+#: How :func:`run_job` ends the line of a job that another process holds.
+HELD = "another process holds it; coming back to it later"
 
 
 def check_records(output: str | Path, overrides: Mapping[str, Any] | None, root: str | None) -> None:
@@ -329,20 +338,31 @@ def benchmark(
 ) -> list[Job]:
     """Run every job of the benchmark not yet done into ``output`` with ``workers`` processes; returns the jobs.
 
-    Resumable (finished jobs are skipped) and shareable (jobs another process holds are passed over).
+    Resumable (finished jobs are skipped) and shareable: a first pass passes over the jobs another process holds, a
+    second waits for each of them and runs it if it is still without a record (its holder was killed), so every job
+    has its record when this returns, whichever processes died on the way.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     todo = jobs(datasets, variants, seeds, folds, baselines)
     check_records(output, overrides, root)
     arguments = (output, dict(overrides or {}), root, folds, measure)
-    if workers == 1:
-        for i, job in enumerate(todo):
-            log(f"[{i + 1}/{len(todo)}] {run_job(job, *arguments)}")
-        return todo
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        for i, line in enumerate(pool.map(run_job, todo, *zip(*[arguments] * len(todo)))):
-            log(f"[{i + 1}/{len(todo)}] {line}")
+    index = list(range(len(todo)))
+    for wait in (False, True):  # the second pass: the jobs others held in the first, waiting for each
+        if not index:
+            break
+        pending = [todo[i] for i in index]
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext() as pool:
+            if pool is None:
+                lines = (run_job(job, *arguments, wait) for job in pending)
+            else:
+                lines = pool.map(run_job, pending, *zip(*[(*arguments, wait)] * len(pending)))
+            held = []
+            for i, line in zip(index, lines):
+                log(f"[{i + 1}/{len(todo)}] {line}")
+                if line.endswith(HELD):
+                    held.append(i)
+        index = held
     return todo
 
 
