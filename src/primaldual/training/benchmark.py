@@ -287,11 +287,12 @@ def run_job(
     ends with :data:`HELD`; with ``wait``, wait for the holder; returns what happened, one line."""
     folder = job.folder(output)
     path = folder / "record.json"
+    name = f"{job.dataset} {job.method} {job.name}"
     with folder_lock(folder, wait=wait) as held:
         if not held:
-            return f"{job.dataset} {job.method} {job.name}: {HELD}"
+            return f"{name}: {HELD}"
         if path.is_file():
-            return f"{job.dataset} {job.method} {job.name}: done already"
+            return f"{name}: done already"
         started = time.perf_counter()
         if job.method in BASELINES:
             result = run_baseline(job, root)
@@ -301,7 +302,7 @@ def run_job(
             result = run_seed(job, overrides or {}, root, measure)
         record = {"dataset": job.dataset, "method": job.method, "kind": job.kind, "index": job.index, **result}
         atomic_write(path, json.dumps(record, indent=1).encode())
-        return f"{job.dataset} {job.method} {job.name}: {time.perf_counter() - started:.1f} s"
+        return f"{name}: {time.perf_counter() - started:.1f} s"
 
 
 #: How :func:`run_job` ends the line of a job that another process holds.

@@ -167,12 +167,14 @@ def _storage(url: str, grace_seconds: int) -> Any:
 
 @contextlib.contextmanager
 def _opened(url: str, grace_seconds: int) -> Iterator[Any]:
-    """:func:`_storage`, its connections closed when the block ends (one process may call :func:`tune` often)."""
-    storage = _storage(url, grace_seconds)
-    try:
-        yield storage
-    finally:
-        storage.engine.dispose()
+    """:func:`_storage`, its connections closed when the block ends (one process may call :func:`tune` often), and
+    database errors inside the block, or in opening it, raised as :class:`StorageError` (:func:`storage_errors`)."""
+    with storage_errors(url):
+        storage = _storage(url, grace_seconds)
+        try:
+            yield storage
+        finally:
+            storage.engine.dispose()
 
 
 #: The PostgreSQL advisory lock :func:`_schema_lock` takes (any fixed 64-bit number; locks are per database).
@@ -222,7 +224,7 @@ def optimize(
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with storage_errors(url), _opened(url, grace_seconds) as storage:
+    with _opened(url, grace_seconds) as storage:
         study = optuna.load_study(
             study_name=study_name(dataset, attention), storage=storage, sampler=optuna.samplers.TPESampler(seed=seed)
         )
@@ -265,7 +267,7 @@ def tune(
     output.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{output / 'study.db'}"
     space = dict(space or SPACE)
-    with storage_errors(url), _opened(url, grace_seconds) as opened:
+    with _opened(url, grace_seconds) as opened:
         optuna.create_study(
             study_name=study_name(dataset, attention), storage=opened, direction="maximize", load_if_exists=True
         )
@@ -275,7 +277,7 @@ def tune(
     else:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             list(pool.map(optimize, *zip(*[arguments] * workers), [seed + i for i in range(workers)]))
-    with storage_errors(url), _opened(url, grace_seconds) as opened:
+    with _opened(url, grace_seconds) as opened:
         study = optuna.load_study(study_name=study_name(dataset, attention), storage=opened)
         best = study.best_trial
         frame = study.trials_dataframe()
