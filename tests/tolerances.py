@@ -405,3 +405,45 @@ class RecordLayerSizes:
     @property
     def size(self) -> float:
         return max(self.sizes, default=0.0)
+
+
+def causal_law(variant: str, q: Tensor, k: Tensor, mask: Tensor | None = None, **options) -> dict:
+    """:func:`variant_law` of a causal call, S taken over each query's own training set (SPEC section 5, the
+    points of ``reference.causal_training_set``), as the causal fast path forms the kernel's inputs: BN with that
+    set's statistics (``(q - βμ_i)/s_i²`` against the points less a centre within their range, so ``|k̂| <= 2
+    max |k|``; the linear kernel: ``x̂`` on both sides), pooled points rounded once."""
+    from primaldual.functional import get_variant
+    from primaldual.functional import reference as R
+
+    spec = get_variant(variant)
+    q, k = q.double(), k.double()
+    scales, p = options.get("scales"), options.get("num_prefix_tokens") or 0
+    eps_bn, beta = options.get("eps", 1e-5), options.get("mean_weight", 1.0)
+    nq, nk = q.shape[2], k.shape[2]
+    size = 0.0
+    for b in range(q.shape[0]):
+        valid = torch.ones(nk, dtype=torch.bool) if mask is None else ~mask[b]
+        for h in range(q.shape[1]):
+            factor = scales[h] if spec.pooled else 1
+            for a in range(nq):
+                keys, _ = R.causal_training_set(k[b, h], k[b, h], valid, nk - nq + a, factor, p)
+                if keys.shape[0] == 0 or (spec.bn and keys.shape[0] <= 1):
+                    continue
+                query = q[b, h, a : a + 1]
+                if spec.bn:
+                    mean, std = R.key_statistics(keys, torch.ones(keys.shape[0], dtype=torch.bool), eps_bn)
+                    q_term = (query - beta * mean).abs() + abs(beta) * mean.abs()
+                    if spec.kernel == "linear":
+                        query, keys = q_term / std, ((keys - beta * mean).abs() + keys.abs()) / std
+                    else:
+                        query, keys = q_term / std**2, 2 * k[b, h].abs().amax(0) + keys.abs()
+                if spec.kernel == "linear":
+                    size = max(size, exp_size(query), exp_size(keys))
+                else:
+                    size = max(size, score_size(query.abs(), keys.abs()))
+    return dict(
+        size=size,
+        head_dim=q.shape[-1],
+        length=max(nq, nk),
+        rounded_inputs=rounded_inputs(spec.kernel, spec.bn, spec.pooled),
+    )

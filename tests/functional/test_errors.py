@@ -116,7 +116,7 @@ def test_bad_bn_options_and_causal_combinations():
         F.bn_attention(q, k, v, eps=0.0)
     with pytest.raises(ValueError, match=r"mean_weight must be finite"):
         F.bn_attention(q, k, v, mean_weight=float("nan"))
-    with pytest.raises(ValueError, match=r"causal=True is supported by softmax, sparse and bn"):
-        F.attention(q, k, v, "sh", scales=(1, 2, 4, 8), causal=True)
-    with pytest.raises(ValueError, match=r"causal bn needs as many queries as keys"):
-        F.bn_attention(q[:, :, :3], k, v, causal=True)
+    for variant in F.VARIANTS:  # cross-attention shapes: more queries than keys has no causal meaning
+        extra = dict(scales=(1, 2, 4, 8)) if "sh" in variant else dict(window=1) if variant == "sparse" else {}
+        with pytest.raises(ValueError, match=r"causal=True needs at most as many queries as keys"):
+            F.attention(q, k[:, :, :3], v[:, :, :3], variant, causal=True, **extra)

@@ -23,7 +23,6 @@ from primaldual.functional.options import FIELDS
         (dict(variant="bn", eps=-1.0), ValueError, r"eps must be > 0"),
         (dict(variant="bn", eps=math.inf), ValueError, r"eps must be finite"),
         (dict(variant="bn", mean_weight=math.nan), ValueError, r"mean_weight must be finite"),
-        (dict(variant="sh", causal=True), ValueError, r"causal=True is supported by softmax, sparse and bn"),
         (dict(variant="sh", num_prefix_tokens=-1), ValueError, r"num_prefix_tokens must be an integer >= 0"),
     ],
 )

@@ -34,10 +34,11 @@ def softmax_kernel(
     q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` -> ``(B, H, Nq, Dv)``; ``Hkv < H``
     (grouped-query attention) without a window only.
     """
-    if key_padding_mask is None and window is None:
+    if key_padding_mask is None and window is None and not (causal and q.shape[2] != k.shape[2]):
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=gqa)
-    if window is not None and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
+    aligned = q.shape[2] == k.shape[2] or not causal
+    if window is not None and aligned and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
         return _sliding_window(q, k, v, key_padding_mask, window=window, causal=causal, dropout_p=dropout_p)
     allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
     return _masked_sdpa(q, k, v, allowed, dropout_p)

@@ -67,7 +67,8 @@ class AttentionOptions:
         window: half-width of the sparse variant's sliding window, an integer ``>= 0`` (sparse only).
         eps: BN's variance floor, finite and ``> 0``: ``s² = var + eps``.
         mean_weight: BN's β, the weight on the key mean in ``x̂ = (x - βμ) ⊘ s``; any finite number.
-        causal: query i sees keys ``j <= i`` (softmax, sparse and bn; BN then uses prefix statistics).
+        causal: query i's SVR is fitted on its own past only, every variant (SPEC section 5, docs/theory.md):
+            keys ``j <= i``, BN's prefix statistics, SH's complete past windows plus its open one.
         num_prefix_tokens: leading keys (class/register tokens) that SH keeps unpooled, ``>= 0``.
 
     ``dataclasses.replace(options, eps=1e-3)`` (or :meth:`replace`) gives a new, re-validated object.
@@ -94,8 +95,6 @@ class AttentionOptions:
         elif self.window is not None:
             raise ValueError(f"window is only used by the sparse variant, not {self.variant!r}")
         _check_bn(self.eps, self.mean_weight)
-        if self.causal and (spec.kernel != "softmax" or spec.pooled):
-            raise ValueError(f"causal=True is supported by softmax, sparse and bn, not {self.variant!r}")
         prefix = self.num_prefix_tokens
         if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
             raise ValueError(f"num_prefix_tokens must be an integer >= 0, got {prefix!r}")

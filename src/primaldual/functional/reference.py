@@ -196,3 +196,70 @@ def linear_sh_attention(
 ) -> Tensor:
     """Linear attention on each head's keys and values pooled by ``scales[h]``."""
     return _per_head(q, k, v, scales, key_padding_mask, linear_attention)
+
+
+def causal_training_set(
+    k: Tensor, v: Tensor, valid: Tensor, i: int, factor: int = 1, num_prefix_tokens: int = 0
+) -> tuple[Tensor, Tensor]:
+    """Query i's training set in a causal model (SPEC section 5), for one sample and head: k ``(N, D)``,
+    v ``(N, Dv)``, ``valid`` ``(N,)`` -> points ``(M_i, D)``, ``(M_i, Dv)``.
+
+    The valid prefix tokens ``j <= i``; after them windows of ``factor`` positions starting at the first valid key
+    after the prefix: each complete window before i's own (mean key and value of its valid positions), then i's
+    own window up to i (``P_i``). ``factor = 1``: the valid keys ``j <= i``. A query before the first valid key
+    after the prefix (left padding) has only the prefix."""
+    p, n = num_prefix_tokens, k.shape[0]
+    kv = torch.cat((k, v), -1)
+    points = [kv[j] for j in range(min(i + 1, p)) if valid[j]]
+    after = [j for j in range(p, n) if valid[j]]
+    start = after[0] if after else p
+    if i >= start:
+        own = (i - start) // factor
+        for w in range(own + 1):
+            window = [j for j in range(start + w * factor, min(start + (w + 1) * factor, i + 1)) if valid[j]]
+            if window:
+                points.append(kv[window].mean(0))
+    points = torch.stack(points) if points else kv[:0]
+    return points[:, : k.shape[1]], points[:, k.shape[1] :]
+
+
+def causal_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    variant: str,
+    key_padding_mask: Tensor | None = None,
+    *,
+    scales: Sequence[int] | None = None,
+    window: int | None = None,
+    eps: float = 1e-5,
+    mean_weight: float = 1.0,
+    num_prefix_tokens: int = 0,
+) -> Tensor:
+    """The causal form of ``variant`` (SPEC section 5): each query's SVR fitted on its own training set
+    (:func:`causal_training_set`; sparse: the valid keys ``i - window <= j <= i``), evaluated by the variant's
+    formula above with that one query. Queries are the last Nq of the Nk positions: query a is at
+    ``Nk - Nq + a``. ``scales``: one factor per head (the SH variants); ``variant``: a name of ``VARIANTS``."""
+    pooled, bn, linear = "sh" in variant, variant.startswith("bn") or "-bn" in variant, variant.startswith("linear")
+    formula = {
+        (False, False): softmax_attention,
+        (False, True): lambda *a: bn_attention(*a, eps=eps, mean_weight=mean_weight),
+        (True, False): linear_attention,
+        (True, True): lambda *a: linear_bn_attention(*a, eps=eps, mean_weight=mean_weight),
+    }[linear, bn]
+    out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+    nq, nk = q.shape[2], k.shape[2]
+    for b in range(q.shape[0]):
+        valid = _valid_keys(key_padding_mask, b, nk, q.device)
+        for h in range(q.shape[1]):
+            factor = scales[h] if pooled else 1
+            for a in range(nq):
+                i = nk - nq + a
+                if window is None:
+                    keys, values = causal_training_set(k[b, h], v[b, h], valid, i, factor, num_prefix_tokens)
+                else:
+                    seen = [j for j in range(max(0, i - window), i + 1) if valid[j]]
+                    keys, values = k[b, h, seen], v[b, h, seen]
+                if keys.shape[0]:
+                    out[b, h, a] = formula(q[b, h, a][None, None, None], keys[None, None], values[None, None])[0, 0, 0]
+    return out

@@ -116,6 +116,8 @@ def bn_softmax_inputs(
     stats = key_statistics(k, key_padding_mask, eps=eps, causal=True)  # per key head: (B, Hkv, N, D)
     scale = stats.var.reciprocal().masked_fill(stats.count <= 1, 0.0)
     shift = (stats.mean * -mean_weight).masked_fill(stats.count <= 1, 0.0)
+    if q.shape[2] != k.shape[2]:  # queries at the last positions (after a KV cache)
+        scale, shift = scale[:, :, k.shape[2] - q.shape[2] :], shift[:, :, k.shape[2] - q.shape[2] :]
     if k.shape[1] != q.shape[1]:  # grouped-query attention: each key head's statistics serve its query heads
         groups = q.shape[1] // k.shape[1]
         scale, shift = scale.repeat_interleave(groups, dim=1), shift.repeat_interleave(groups, dim=1)
@@ -322,12 +324,12 @@ def allowed_keys(
 ) -> Tensor | None:
     """Boolean mask, True where query i may attend key j, broadcastable to ``(B, 1, Nq, Nk)``.
 
-    Combines key padding, causality (``j <= i``) and a sliding window (``|i - j| <= window``).
-    None when every key is allowed.
+    Combines key padding, causality (``j <= i``) and a sliding window (``|i - j| <= window``). Causal queries are
+    the last Nq of the Nk positions (query i at ``Nk - Nq + i``). None when every key is allowed.
     """
     allowed = None
     if causal or window is not None:
-        i = torch.arange(nq, device=device)[:, None]
+        i = torch.arange(nq, device=device)[:, None] + (nk - nq if causal else 0)
         j = torch.arange(nk, device=device)[None, :]
         allowed = torch.ones(nq, nk, dtype=torch.bool, device=device)
         if causal:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .causal import bn_softmax_on_set, causal_frame, causal_linear, causal_set, linear_bn_on_set, softmax_on_set
 from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales, check_tokens
 from .kernels import linear_kernel, softmax_kernel
 from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
@@ -64,8 +65,11 @@ def check_inputs(
     (:func:`sh_factors`)."""
     check_qkv(q, k, v)
     check_key_padding_mask(key_padding_mask, k)
-    if options.causal and options.spec.bn and q.shape[2] != k.shape[2]:
-        raise ValueError(f"causal bn needs as many queries as keys, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if options.causal and q.shape[2] > k.shape[2]:
+        raise ValueError(
+            "causal=True needs at most as many queries as keys (queries are the last positions; cross-attention "
+            f"is not causal), got q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
     return sh_factors(options, q.shape[1], k.shape[2])
 
 
@@ -141,6 +145,8 @@ def attention(
     check_dropout(dropout_p)
     if not reads_grouped_keys(options):
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    if options.causal and (scales is not None or options.spec.kernel == "linear"):
+        return _causal_groups(options, q, k, v, key_padding_mask, scales or (1,), dropout_p)
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
     groups = head_split(scales)
@@ -162,6 +168,35 @@ def _evaluate_groups(
     """SH: each group of q's heads against its ``(keys, values, key mask)``, joined in head order."""
     outputs = [_fit_and_evaluate(options, qh, *kvm, dropout_p) for qh, kvm in zip(split_heads(q, groups), keys)]
     return join_heads(outputs, groups)
+
+
+def _causal_groups(
+    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scales: Sequence[int], p: float
+) -> Tensor:
+    """The causal forms of SH and the linear kernel (:mod:`~primaldual.functional.causal`), one group of heads
+    of one factor at a time, joined in head order."""
+    groups = head_split(scales)
+    parts = zip(groups.factors, *(split_heads(t, groups) for t in (q, k, v)))
+    return join_heads([_causal_group(options, *part, mask, p) for part in parts], groups)
+
+
+def _causal_group(
+    options: AttentionOptions, factor: int, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float
+) -> Tensor:
+    """One group's causal form: factor 1 with the softmax kernel is the unpooled causal softmax or BN (the same
+    training sets); otherwise each query's training set from the frame (:func:`causal_frame`)."""
+    spec = options.spec
+    if factor == 1 and spec.kernel == "softmax":
+        return _fit_and_evaluate(options, q, k, v, mask, p)
+    frame = causal_frame(k, v, mask, factor, options.num_prefix_tokens)
+    if spec.kernel == "linear" and not spec.bn:
+        return causal_linear(q, frame, k.shape[2])
+    points = causal_set(frame, q.shape[2], k.shape[2])
+    if spec.kernel == "linear":
+        return linear_bn_on_set(q, points, options.eps, options.mean_weight)
+    if spec.bn:
+        return bn_softmax_on_set(q, points, options.eps, options.mean_weight, p)
+    return softmax_on_set(q, points, p)
 
 
 def split_qkv(qkv: Tensor, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -199,7 +234,7 @@ def self_attention(
     options = resolve_options(variant, options)
     check_tokens(x, weight, bias, num_heads)
     scales = sh_factors(options, num_heads, x.shape[1])
-    if scales is None:
+    if scales is None or options.causal:  # causal SH pools keys per query: no pooled projection
         q, k, v = split_qkv(F.linear(x, weight, bias), num_heads)
         return attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
     check_key_padding_mask(key_padding_mask, x.unsqueeze(1))
