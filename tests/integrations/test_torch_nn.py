@@ -175,6 +175,35 @@ def test_cross_attention_takes_statistics_over_the_keys():
     T.assert_close_normwise(same[:, :3], out[:, :3], atol, "past")
 
 
+@pytest.mark.parametrize("mask", ["bool", "additive", "is_causal"])
+@pytest.mark.parametrize("variant", list(functional.VARIANTS))
+def test_transformer_decoder_is_causal_for_every_variant(variant, mask):
+    """nn.TransformerDecoder converted to any variant with a causal target mask (bool, additive or tgt_is_causal):
+    its self-attention is the variant's causal form (later target tokens change nothing before them); softmax
+    equals PyTorch's own decoder."""
+    torch.manual_seed(0)
+    layer = nn.TransformerDecoderLayer(16, 4, dim_feedforward=32, dropout=0.0, batch_first=True)
+    module = nn.TransformerDecoder(layer, num_layers=2).double().eval()
+    options = dict(window=2) if variant == "sparse" else {}
+    model = primaldual.convert(copy.deepcopy(module), variant, **options)
+    # memory as long as the target: sparse cross-attention needs its queries' positions
+    tgt, memory = torch.randn(2, 9, 16, dtype=torch.float64), torch.randn(2, 9, 16, dtype=torch.float64)
+    masks = causal_masks(9)
+    call = dict(tgt_mask=masks["bool"], tgt_is_causal=True) if mask == "is_causal" else dict(tgt_mask=masks[mask])
+    later = tgt.clone()
+    later[:, 5:] = 3.0
+    with T.RecordSizes(torch_nn) as record:
+        out, moved = model(tgt, memory, **call), model(later, memory, **call)
+    assert torch.isfinite(out).all()
+    atol = network_atol(model, lambda m: m(tgt, memory, **call)[:, :5], record, 9)
+    T.assert_close_normwise(moved[:, :5], out[:, :5], atol if functional.VARIANTS[variant].bn else 0.0, "past")
+    if variant == "softmax":
+        expected = module(tgt, memory, **call)
+        T.assert_close_normwise(
+            out, expected, network_atol(module, lambda m: m(tgt, memory, **call), record, 9), "torch"
+        )
+
+
 def test_separate_projection_weights_and_unbatched_inputs():
     torch.manual_seed(0)
     module = nn.MultiheadAttention(16, 2, kdim=8, vdim=12).double().eval()
@@ -204,10 +233,7 @@ def test_refusals():
         primaldual.convert(nn.MultiheadAttention(8, 2, add_bias_kv=True), "bn")
     with pytest.raises(ValueError, match="no timm.layers.Attention or torch.nn.MultiheadAttention"):
         primaldual.convert(nn.Linear(3, 3), "bn")
-    layer = primaldual.convert(mha(batch_first=True), "sh")
     x = torch.randn(1, 6, 16, dtype=torch.float64)
-    with pytest.raises(ValueError, match="has no causal form"):
-        layer(x, x, x, attn_mask=causal_masks(6)["bool"])
     band = (torch.arange(6)[:, None] - torch.arange(6)).abs() > 1
     with pytest.raises(ValueError, match="not a padding mask"):
         primaldual.convert(mha(batch_first=True), "bn")(x, x, x, attn_mask=band)

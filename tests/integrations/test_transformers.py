@@ -246,7 +246,10 @@ def test_vit_with_a_class_token(variant):
 # --- decoder with grouped-query attention (Llama) --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["softmax", "bn"])
+DECODER_VARIANTS = list(functional.VARIANTS)
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
 def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
     model, (ids, mask) = llama(variant), llama_inputs()
     other = ids.clone()
@@ -264,13 +267,13 @@ def test_llama_padding_and_the_future_never_change_valid_tokens(variant):
     # included: docs/numerics.md)
     atol = (
         0.0
-        if variant == "softmax"
+        if not functional.VARIANTS[variant].bn
         else network_atol(model, lambda m: m(ids, attention_mask=mask).logits[:, :5], record, 7)
     )
     T.assert_close_normwise(moved[:, :5], logits[:, :5], atol, "past")
 
 
-@pytest.mark.parametrize("variant", ["softmax", "bn"])
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
 def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
     (ids, mask), reference = llama_inputs(), llama("sdpa")
     expected = valid(reference(ids, attention_mask=mask).logits, mask)
@@ -285,7 +288,7 @@ def test_llama_softmax_equals_sdpa_and_bn_differs(variant):
     )
 
 
-@pytest.mark.parametrize("variant", ["softmax", "bn"])
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
 def test_llama_kv_cache_gives_the_logits_of_the_whole_sequence(variant):
     """Prefill, then one token, then two at once (several new queries against the cache): the same logits."""
     model, (ids, mask) = llama(variant), llama_inputs()
@@ -302,7 +305,7 @@ def test_llama_kv_cache_gives_the_logits_of_the_whole_sequence(variant):
     T.assert_close_normwise(valid(torch.cat(parts, 1), mask), valid(whole, mask), atol, "cache")
 
 
-@pytest.mark.parametrize("variant", ["softmax", "bn"])
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
 def test_llama_generation_with_and_without_cache(variant):
     model, (ids, mask) = llama(variant), llama_inputs()
     settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
@@ -313,7 +316,7 @@ def test_llama_generation_with_and_without_cache(variant):
         assert torch.equal(cached, llama("sdpa").generate(ids, **settings))
 
 
-@pytest.mark.parametrize("variant", ["softmax", "bn"])
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
 def test_llama_backward_and_output_attentions(variant):
     model, (ids, mask) = llama(variant).train(), llama_inputs()
     out = model(ids, attention_mask=mask, labels=ids, output_attentions=True)
@@ -325,11 +328,17 @@ def test_llama_backward_and_output_attentions(variant):
     T.assert_close_normwise(weights[0].sum(-1), ones, T.range_atol(weights.dtype, 7, 1.0), "sum of weights")
 
 
-@pytest.mark.parametrize("variant", ["sh", "bn+sh", "linear", "linear-bn"])
-def test_llama_refuses_variants_without_a_causal_form(variant):
-    ids, mask = llama_inputs()
-    with pytest.raises(ValueError, match="has no causal form"):
-        llama(variant)(ids, attention_mask=mask)
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+def test_llama_left_padded_batch_generates_what_each_prompt_generates_alone(variant):
+    """Greedy generation of a left-padded batch: each row's new tokens are those of its prompt alone."""
+    model, (ids, mask) = llama(variant), llama_inputs()
+    model.generation_config.eos_token_id = None  # six new tokens for every row
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    batch = model.generate(ids, attention_mask=mask, **settings)[:, ids.shape[1] :]
+    for row in range(ids.shape[0]):
+        prompt = ids[row : row + 1, mask[row].bool()]
+        alone = model.generate(prompt, attention_mask=torch.ones_like(prompt), **settings)[:, prompt.shape[1] :]
+        assert torch.equal(batch[row : row + 1], alone), row
 
 
 # --- the attention function itself: grouped-query attention, scaling -------------------------------------------

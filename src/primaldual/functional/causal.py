@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kernels import elu_feature_map
+from .transforms import tracing
 
 
 class Frame(NamedTuple):
@@ -39,8 +40,8 @@ class Frame(NamedTuple):
     shift: Tensor | None  # (B,) long: padding positions skipped after the prefix; None: no padding
     windows: tuple[Tensor, Tensor]  # complete-window means of keys, values: (B, H, W, ·)
     window_valid: Tensor | None  # (B, W) bool: the window holds a valid key
-    own: tuple[Tensor, Tensor]  # per frame position: the key (prefix) or the running window mean, (B, H, N, ·)
-    own_valid: Tensor | None  # (B, N) bool
+    own: tuple[Tensor, Tensor]  # per frame position: the key (prefix) or the running window mean, (B, H, N', ·)
+    own_valid: Tensor | None  # (B, N') bool; N' = P + W·r >= N (the last window's positions past N unused)
 
 
 class CausalSet(NamedTuple):
@@ -102,11 +103,11 @@ def causal_frame(k: Tensor, v: Tensor, key_padding_mask: Tensor | None, factor: 
         sums = (F.pad(x[:, :, prefix:], (0, 0, 0, extra)).unflatten(2, (windows, factor)) * weight).cumsum(3)
         running = sums / count.clamp_min(1)
         means.append(running[:, :, :, -1])
-        own.append(torch.cat((x[:, :, :prefix], running.flatten(2, 3)[:, :, :length]), 2))
+        own.append(torch.cat((x[:, :, :prefix], running.flatten(2, 3)), 2))  # P + W·r >= N positions
     window_valid = own_valid = None
     if valid is not None:
         window_valid = count[:, 0, :, -1, 0] > 0
-        own_valid = torch.cat((valid[:, :prefix], (count.flatten(2, 3)[:, 0, :length, 0] > 0)), 1)
+        own_valid = torch.cat((valid[:, :prefix], (count.flatten(2, 3)[:, 0, :, 0] > 0)), 1)
     return Frame(factor, prefix, shift, tuple(means), window_valid, tuple(own), own_valid)
 
 
@@ -204,6 +205,8 @@ def linear_bn_on_set(q: Tensor, points: CausalSet, eps: float, mean_weight: floa
     mask = points.mask()
     batch, heads, nq, dim = q.shape
     chunk = max(1, 2**22 // max(1, batch * heads * points.keys.shape[2] * dim))
+    if tracing():  # one graph for every length: all queries at once (O(Nq·M·D) memory)
+        return _linear_bn_chunk(mean_weight, phi_q, mean, scale, mask, *points[:2], *points[4:])
     outputs = []
     for start in range(0, nq, chunk):
         part = slice(start, start + chunk)
@@ -272,7 +275,7 @@ def causal_linear(q: Tensor, frame: Frame, nk: int, chunk: int = 64) -> Tensor:
 
 def _window_sums(phi_q: Tensor, frame: Frame, nk: int, chunk: int) -> Tensor:
     """For each frame position ``p >= P`` (queries read into the frame), ``Σ_w Φ(q_p)ᵀΦ(k̄_w) [v̄_w, 1]`` over the
-    complete windows before p's own: ``(B, H, N - P, Dv + 1)``."""
+    complete windows before p's own: ``(B, H, L', Dv + 1)``, ``L' >= N - P`` (whole chunks)."""
     p, r = frame.prefix, frame.factor
     nq = phi_q.shape[2]
     length = nk - p
@@ -293,4 +296,4 @@ def _window_sums(phi_q: Tensor, frame: Frame, nk: int, chunk: int) -> Tensor:
     local = torch.arange(size, device=phi_q.device)[:, None] // r > torch.arange(group, device=phi_q.device)
     inside = (queries @ phi_k.transpose(-2, -1)).masked_fill(~local, 0.0)  # (B, H, C, T, G)
     out = queries @ states + inside @ values
-    return out.flatten(2, 3)[:, :, :length]
+    return out.flatten(2, 3)  # P + C·T >= N positions

@@ -37,7 +37,7 @@ def softmax_kernel(
     if key_padding_mask is None and window is None and not (causal and q.shape[2] != k.shape[2]):
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=gqa)
-    aligned = q.shape[2] == k.shape[2] or not causal
+    aligned = not causal or q.shape[2] == k.shape[2]
     if window is not None and aligned and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
         return _sliding_window(q, k, v, key_padding_mask, window=window, causal=causal, dropout_p=dropout_p)
     allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)

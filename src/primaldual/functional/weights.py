@@ -17,7 +17,7 @@ from . import reference
 from .kernels import elu_feature_map
 from .options import AttentionOptions
 from .transforms import allowed_keys, head_split, join_heads, pool_keys, split_heads
-from .variants import check_inputs, normalise, repeat_kv, resolve_options
+from .variants import attention, check_inputs, normalise, repeat_kv, resolve_options
 
 
 def attention_weights(
@@ -42,11 +42,19 @@ def attention_weights(
       mean of those keys' values, ``Σ_j w_ij v_j = Σ_w w'_iw v'_w``: the head's output exactly; every row
       still sums to 1. Prefix tokens map to themselves.
 
+    * causal SH and the causal linear kernel (each query's own training set, SPEC section 5): the output with the
+      identity as values, ``w_ij`` the weight of key j through the points that average it.
+
     A query with no allowed key has a zero row (its output is 0).
     """
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, k, key_padding_mask)
     k = repeat_kv(k, q.shape[1])
+    if options.causal and (scales is not None or options.spec.kernel == "linear"):
+        # Causal SH and the linear kernel form each query's own training set: their outputs are linear in the
+        # values, so the values of the identity give the weights on the original keys (N² like any weights).
+        identity = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:3], k.shape[2])
+        return attention(q, k, identity, options, key_padding_mask=key_padding_mask)
     if scales is None:
         return _kernel_weights(options, q, k, key_padding_mask)
     b, nk = q.shape[0], k.shape[2]

@@ -7,15 +7,14 @@ The host gives projected q ``(B, H, Nq, D)``, k ``(B, H, Nk, D)``, v ``(B, H, Nk
 * every query sees every valid key (an encoder, cross-attention, one decoding step against a KV cache):
   :func:`primaldual.functional.attention` with the keys' padding. A decoding query sees all cached keys, so its
   BN statistics are those of its whole prefix, as in the causal call that produced the cache.
-* causal with as many queries as keys (a decoder's training step, a prompt): the functional op with ``causal=True``
-  (BN: prefix statistics).
-* any other prefix pattern (several new queries against a cache) and a sparse window whose queries are not the
-  keys' positions: the explicit form below, for the softmax-kernel variants without pooling (softmax, sparse, bn).
-  Query i's position is the last key it sees; BN's statistics are those of the valid keys up to it (the prefix
-  statistics of :func:`~primaldual.functional.key_statistics`, gathered per query), its window is centred there.
-
-Variants without a causal form are refused in causal calls: SH pools windows of keys that run across future
-positions, and the linear kernel's causal form (prefix sums of ``Φ(k) vᵀ``) is not implemented.
+* causal, the queries the last Nq of the Nk positions (a decoder's training step, a prompt, new tokens after a
+  KV cache, one decoding step): the functional op with ``causal=True``, every variant's causal form (SPEC section 5:
+  BN's prefix statistics, SH's complete past windows plus the open one, the linear kernel's prefix sums).
+* any other prefix pattern (a dense mask whose queries sit elsewhere) and a sparse window whose queries are not
+  the keys' positions: the explicit form below, for the softmax-kernel variants without pooling (softmax, sparse,
+  bn). Query i's position is the last key it sees; BN's statistics are those of the valid keys up to it (the
+  prefix statistics of :func:`~primaldual.functional.key_statistics`, gathered per query), its window is centred
+  there. SH and the linear kernel need the queries at the last positions there (a ValueError otherwise).
 
 Scaling. The functional ops score ``qᵀk/√D``. A host's ``scaling`` c' (transformers' ``module.scaling``) replaces
 ``1/√D``: the score becomes ``c' qᵀk`` for softmax, sparse and SH (q multiplied by ``c = c'√D``) and
@@ -64,13 +63,12 @@ def attend(
     nq, nk = q.shape[2], k.shape[2]
     if pattern is None:
         pattern = structural_pattern(None, causal=causal, nq=nq, nk=nk)
-    if options.spec.windowed and nq != nk and pattern.frontier is None:
+    if options.spec.windowed and nq != nk and pattern.frontier is None and (nq == 1 or pattern.kind != "causal"):
         pattern = single_query_position(pattern, nq, nk, q.device, options.variant)
-    if pattern.kind != "full":
-        check_causal(options)
-    scale = 1.0 if scaling is None or options.spec.kernel != "softmax" else scaling * math.sqrt(q.shape[-1])
-    if abs(scale - 1.0) > 1e-12:
-        q, options = q * scale, scaled_options(options, scale)
+    q, options = scaled(options, q, scaling)
+    spec = options.spec
+    if pattern.frontier is not None and (spec.pooled or spec.kernel != "softmax"):
+        return queries_moved_last(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
     if pattern.frontier is not None or need_weights:  # explicit weights: one key head per query head
         k, v = functional.repeat_kv(k, q.shape[1]), functional.repeat_kv(v, q.shape[1])
     if pattern.frontier is not None:
@@ -79,6 +77,62 @@ def attend(
     options = with_causal(options, pattern.kind == "causal")
     out = functional.attention(q, k, v, options, key_padding_mask=padding, dropout_p=dropout_p)
     weights = functional.attention_weights(q, k, options, key_padding_mask=padding) if need_weights else None
+    return out, weights
+
+
+def scaled(options: AttentionOptions, q: Tensor, scaling: float | None) -> tuple[Tensor, AttentionOptions]:
+    """q and ``options`` for the host's score scale ``scaling`` in place of ``1/√D`` (see the module doc)."""
+    scale = 1.0 if scaling is None or options.spec.kernel != "softmax" else scaling * math.sqrt(q.shape[-1])
+    if abs(scale - 1.0) > 1e-12:
+        return q * scale, scaled_options(options, scale)
+    return q, options
+
+
+def queries_moved_last(
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: MaskPattern,
+    *,
+    dropout_p: float,
+    need_weights: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """SH and the linear kernel on a prefix pattern whose queries are consecutive positions ending at ``f`` and
+    whose keys after ``f`` no query sees (a static cache's unfilled tail): each sample's keys after the prefix
+    moved right by ``Nk - 1 - f``, so that the queries are the last positions and the keys moved in at the front
+    are padding; left padding moves nothing in a causal form (SH's windows start at the first valid key). The
+    weights are moved back. Any other frontier: a ValueError naming the mask (``torch._assert_async`` while
+    tracing)."""
+    nq, nk, p = q.shape[2], k.shape[2], options.num_prefix_tokens
+    last = pattern.frontier[:, -1:]  # (B, 1)
+    j = torch.arange(nk, device=last.device)
+    position = last - torch.arange(nq - 1, -1, -1, device=last.device)  # (B, Nq): the queries' positions
+    valid = ~pattern.padding if pattern.padding is not None else torch.ones_like(pattern.allowed[:, 0, 0])
+    consecutive = (pattern.allowed[:, 0] == (valid[:, None, :] & (j <= position[..., None]))).all()
+    message = (
+        f"variant {options.variant!r} needs its queries at consecutive positions with no key after them (causal); "
+        "this attention_mask puts them elsewhere"
+    )
+    if tracing():
+        torch._assert_async(consecutive, message)
+    elif not bool(consecutive):
+        raise ValueError(message)
+    source = torch.where(j >= p, j - (nk - 1 - last), j)  # (B, Nk): the key each position reads
+    moved_in = source < torch.where(j >= p, p, 0)
+    source = source.clamp(0, nk - 1)
+    padding = moved_in if pattern.padding is None else moved_in | pattern.padding.gather(1, source)
+
+    def move(x: Tensor) -> Tensor:
+        return x.gather(2, source[:, None, :, None].expand(*x.shape[:2], nk, x.shape[3]))
+
+    out, weights = attend(
+        options, q, move(k), move(v), MaskPattern(padding, "causal"), dropout_p=dropout_p, need_weights=need_weights
+    )
+    if weights is not None:  # key j was read at position j + Nk - 1 - f (after the prefix)
+        back = torch.where(j >= p, j + (nk - 1 - last), j)
+        weights = weights.gather(-1, back.clamp(max=nk - 1)[:, None, None, :].expand_as(weights))
+        weights = weights.masked_fill((back >= nk)[:, None, None, :], 0.0)
     return out, weights
 
 
@@ -93,22 +147,6 @@ def single_query_position(pattern: MaskPattern, nq: int, nk: int, device: torch.
     valid = torch.ones(1, nk, dtype=torch.bool, device=device) if pattern.padding is None else ~pattern.padding
     frontier = torch.where(valid, torch.arange(nk, device=device), -1).amax(-1, keepdim=True)
     return MaskPattern(pattern.padding, "prefix", frontier, valid[:, None, None, :])
-
-
-def check_causal(options: AttentionOptions) -> None:
-    """A ValueError for a variant without a causal form, saying why."""
-    spec = options.spec
-    if spec.pooled:
-        raise ValueError(
-            f"variant {options.variant!r} has no causal form: Attention-SH pools windows of keys that run across "
-            "future positions, so a causal model (a decoder) would see the future; use it in bidirectional models "
-            "(encoders), or choose softmax, sparse or bn"
-        )
-    if spec.kernel != "softmax":
-        raise ValueError(
-            f"variant {options.variant!r} has no causal form here: the linear kernel's prefix-sum form is not "
-            "implemented; use it in bidirectional models (encoders), or choose softmax, sparse or bn"
-        )
 
 
 def memoized(fn: Callable[..., T]) -> Callable[..., T]:
@@ -152,8 +190,6 @@ def explicit_attention(
     ``|f_i - j| <= window`` only. Rows that see no key are 0.
     """
     spec = options.spec
-    if spec.pooled or spec.kernel != "softmax":
-        raise ValueError(f"variant {options.variant!r} needs every query to see every valid key here")
     allowed = pattern.allowed
     index = pattern.frontier.clamp_min(0)[:, None, :, None]  # (B, 1, Nq, 1)
     if spec.windowed:

@@ -39,8 +39,8 @@ NOT_PREFIX = (
 class MaskPattern(NamedTuple):
     """A prefix pattern (see the module doc) in the form the variants take.
 
-    ``kind``: ``"full"`` every query sees every valid key; ``"causal"`` as many queries as keys and query i sees the
-    valid keys ``j <= i``; ``"prefix"`` any other frontier (a KV cache, a static cache's unfilled tail): then
+    ``kind``: ``"full"`` every query sees every valid key; ``"causal"`` the queries are the last Nq of the Nk
+    positions and query i (at ``Nk - Nq + i``) fits its SVR on its past; ``"prefix"`` any other frontier (a KV cache, a static cache's unfilled tail): then
     ``frontier`` and ``allowed`` are given.
     """
 
@@ -79,20 +79,13 @@ def allowed_from_mask(
 
 def structural_pattern(padding: Tensor | None, *, causal: bool, nq: int, nk: int) -> MaskPattern:
     """The pattern of keys' ``padding`` (bool ``(B, Nk)``, True = padding, or None) and a causal flag, by arithmetic
-    only: not causal or one query -> ``full``; causal with ``Nq = Nk`` -> ``causal``; causal with ``1 < Nq < Nk``
-    -> ``prefix``, query i at position ``Nk - Nq + i`` (new queries after a KV cache)."""
-    if not causal or nq == 1:
+    only: not causal -> ``full``; causal -> ``causal``, query i at position ``Nk - Nq + i`` (``Nq < Nk``: new
+    queries after a KV cache)."""
+    if not causal:
         return MaskPattern(padding, "full")
-    if nq == nk:
-        return MaskPattern(padding, "causal")
     if nq > nk:
         raise ValueError(f"a causal call needs at most as many queries as keys, got {nq} queries and {nk} keys")
-    device = None if padding is None else padding.device
-    positions = torch.arange(nq, device=device) + (nk - nq)
-    allowed = torch.arange(nk, device=device) <= positions[:, None]  # (Nq, Nk)
-    batch = 1 if padding is None else padding.shape[0]
-    allowed = allowed.expand(batch, nq, nk) if padding is None else allowed & ~padding[:, None, :]
-    return MaskPattern(padding, "prefix", positions.expand(batch, nq), allowed[:, None])
+    return MaskPattern(padding, "causal")
 
 
 def pattern_from_allowed(allowed: Tensor, *, causal: bool, nq: int, name: str) -> MaskPattern:

@@ -48,11 +48,20 @@ from transformers.masking_utils import (
 
 from ..functional import VARIANTS, AttentionOptions
 from ..functional.options import FIELDS, check_names
-from .attend import attend, memoized
+from .attend import attend, memoized, scaled
+from .hf_cache import PrimalDualCache, PrimalDualLayer, layer_of
 from .masks import allowed_from_mask, pattern_from_allowed
+
+__all__ = ["PrimalDualCache", "attention_function", "primaldual_mask", "register", "registered_options"]
 
 PREFIX = "primaldual-"
 UNSUPPORTED = ("softcap", "position_bias", "s_aux", "sinks")
+_REGISTERED: dict[str, AttentionOptions | None] = {}  # name -> the options register() made it with
+
+
+def registered_options(name: str | None) -> AttentionOptions | None:
+    """The options the attention implementation ``name`` was registered with (None: not a registered name)."""
+    return _REGISTERED.get(name) if isinstance(name, str) else None
 
 
 def register(**options: Any) -> list[str]:
@@ -120,6 +129,7 @@ def attention_function(variant: str, **options: Any) -> Callable[..., tuple[Tens
         if key in FIELDS and (key != "scales" or spec.pooled) and (key != "window" or spec.windowed)
     }
     made = None if spec.windowed and "window" not in settings else AttentionOptions(variant, **settings)
+    _REGISTERED[PREFIX + variant] = made
 
     def primaldual_attention(
         module: Any,
@@ -157,6 +167,11 @@ def forward(
             raise ValueError(f"{PREFIX}{options.variant} does not support {name} (given by {type(module).__name__})")
     is_causal = kwargs.get("is_causal")
     is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    layer = layer_of(key)
+    if layer is not None:
+        return cached_forward(
+            for_heads(options, query.shape[1]), layer, query, key, value, attention_mask, scaling, kwargs
+        )
     pattern = None
     if attention_mask is not None:
         mask = attention_mask[..., : key.shape[2]]
@@ -177,6 +192,28 @@ def forward(
         need_weights=weights_requested(kwargs),
     )
     return out.transpose(1, 2).contiguous(), weights
+
+
+def cached_forward(
+    options: AttentionOptions,
+    layer: PrimalDualLayer,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[Tensor, None]:
+    """A call whose keys and values came from a :class:`PrimalDualCache` layer: the layer's state is stepped with the
+    new tokens (their padding: the last row of the mask, the keys that the last query sees)."""
+    if weights_requested(kwargs):
+        raise ValueError("PrimalDualCache keeps no past keys to weigh: output_attentions needs DynamicCache")
+    padding = None
+    if attention_mask is not None:
+        mask = attention_mask[:, :1, -1, -query.shape[2] :] if attention_mask.dim() == 4 else attention_mask
+        padding = ~allowed_from_mask(mask, true_means="attend", name="attention_mask").reshape(query.shape[0], -1)
+    q, options = scaled(options, query, scaling)
+    return layer.attend(options, q, key, value, padding).transpose(1, 2).contiguous(), None
 
 
 @memoized
