@@ -395,3 +395,124 @@ def test_unsupported_masks_and_arguments_are_refused():
         attention(Module(1), q, k, v, bias)
     with pytest.raises(TypeError, match="causal is not an option"):
         register(causal=True)
+
+
+# --- PrimalDualCache: each variant's own decoding state ---------------------------------------------------------
+
+
+def llama_without_gqa(variant, heads=8):
+    config = LlamaConfig(
+        vocab_size=48,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM._from_config(config, attn_implementation=f"primaldual-{variant}").double().eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.mark.parametrize("variant", DECODER_VARIANTS)
+def test_primaldual_cache_generates_the_tokens_of_dynamic_cache(variant):
+    """Greedy generation with each variant's own state: the tokens of transformers' DynamicCache, left-padded
+    batch and grouped-query keys included."""
+    model, (ids, mask) = llama(variant), llama_inputs()
+    model.generation_config.eos_token_id = None
+    settings = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, **settings)
+    cache = integration.PrimalDualCache(model)
+    assert torch.equal(model.generate(ids, cache=cache, **settings), expected)
+    assert cache.get_seq_length() == ids.shape[1] + 7 and cache.nbytes() > 0
+
+
+def generated_bytes(variant, new_tokens):
+    from transformers import DynamicCache
+
+    model = llama_without_gqa(variant)
+    ids = torch.randint(1, 48, (1, 8), generator=torch.Generator().manual_seed(0))
+    settings = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    cache, dynamic = integration.PrimalDualCache(model), DynamicCache(config=model.config)
+    tokens = model.generate(ids, cache=cache, **settings)
+    assert torch.equal(tokens, model.generate(ids, cache=dynamic, **settings))
+    keys = sum(layer.keys.numel() * layer.keys.element_size() * 2 for layer in dynamic.layers)
+    return cache.nbytes(), keys
+
+
+def test_primaldual_cache_holds_what_each_variant_needs():
+    """SH with factors (1, 2, 4, 8) on a model without grouped-query keys: about mean(1/r) = 0.47 of
+    DynamicCache's bytes; linear and linear-SH: a state that does not grow with the length."""
+    sh, dynamic = generated_bytes("sh", 56)
+    assert 0.44 < sh / dynamic < 0.5, sh / dynamic
+    for variant in ("linear", "linear-sh"):
+        assert generated_bytes(variant, 8)[0] == generated_bytes(variant, 40)[0], variant
+
+
+def test_primaldual_cache_refuses_other_models_and_batches():
+    with pytest.raises(ValueError, match="needs a model whose attn_implementation is 'primaldual-<variant>'"):
+        integration.PrimalDualCache(llama("sdpa"))
+    model, (ids, mask) = llama("sh"), llama_inputs()
+    cache = integration.PrimalDualCache(model)
+    model.generate(ids, attention_mask=mask, cache=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with pytest.raises(ValueError, match="holds 2 sequences, got a batch of 1"):
+        model.generate(ids[:1], cache=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    other = llama("bn")
+    with pytest.raises(ValueError, match="made for 'sh', the model now runs 'bn'"):
+        other.generate(ids, cache=integration.PrimalDualCache(model), max_new_tokens=2, pad_token_id=0)
+
+
+# --- additive position biases (T5) -----------------------------------------------------------------------------
+
+
+def t5(impl):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=40,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration._from_config(config, attn_implementation=impl).double().eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+def t5_inputs():
+    g = torch.Generator().manual_seed(3)
+    ids, decoder = torch.randint(1, 40, (2, 7), generator=g), torch.randint(1, 40, (2, 5), generator=g)
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return dict(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder)
+
+
+@pytest.mark.parametrize("variant", ["softmax", "bn"])
+def test_t5_adds_its_position_bias(variant):
+    """T5's relative position bias is added to the scores: primaldual-softmax equals T5's eager attention, bn
+    differs from it; greedy generation with the cache equals generation without it."""
+    inputs, reference = t5_inputs(), t5("eager")
+    expected = reference(**inputs).logits
+    model = t5(f"primaldual-{variant}")
+    with recording() as record:
+        out = model(**inputs).logits
+    equal_for_softmax_only(out, expected, variant, lambda: network_atol(model, lambda m: m(**inputs).logits, record, 7))
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    settings = dict(attention_mask=mask, max_new_tokens=5, do_sample=False)
+    assert torch.equal(model.generate(ids, **settings), model.generate(ids, use_cache=False, **settings))
+
+
+def test_t5_with_sh_names_the_bias():
+    with pytest.raises(ValueError, match="attn_bias .*position_bias.* supported by softmax, sparse and bn, not 'sh'"):
+        t5("primaldual-sh")(**t5_inputs())

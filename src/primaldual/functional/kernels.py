@@ -28,12 +28,17 @@ def softmax_kernel(
     causal: bool = False,
     window: int | None = None,
     dropout_p: float = 0.0,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """``Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys, via the fused SDPA kernel.
+    """``Σ_j softmax_j(q_iᵀk_j/√D + b_ij) v_j`` over the allowed keys, via the fused SDPA kernel.
 
     q ``(B, H, Nq, D)``, k ``(B, Hkv, Nk, D)``, v ``(B, Hkv, Nk, Dv)`` -> ``(B, H, Nq, Dv)``; ``Hkv < H``
-    (grouped-query attention) without a window only.
+    (grouped-query attention) without a window only. ``bias``: an additive score bias broadcastable to
+    ``(B, H, Nq, Nk)`` (T5's relative position bias, ALiBi), or None.
     """
+    if bias is not None:
+        allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
+        return _masked_sdpa(q, k, v, allowed, dropout_p, bias)
     if key_padding_mask is None and window is None and not (causal and q.shape[2] != k.shape[2]):
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=gqa)
@@ -44,12 +49,20 @@ def softmax_kernel(
     return _masked_sdpa(q, k, v, allowed, dropout_p)
 
 
-def _masked_sdpa(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout_p: float) -> Tensor:
-    """SDPA with a boolean mask (True = attend); a row with no allowed key returns 0."""
+def _masked_sdpa(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout_p: float, bias: Tensor | None = None
+) -> Tensor:
+    """SDPA with a boolean mask (True = attend) and an additive score ``bias``; a row with no allowed key
+    returns 0."""
+    gqa = k.shape[1] != q.shape[1]
+    if allowed is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, enable_gqa=gqa)
     # Such a row would give 0/0: let it see every key (finite values and gradients), then zero it.
     empty = ~allowed.any(-1, keepdim=True)
-    gqa = k.shape[1] != q.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | empty, dropout_p=dropout_p, enable_gqa=gqa)
+    mask = allowed | empty
+    if bias is not None:
+        mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
     return out.masked_fill(empty, 0.0)
 
 

@@ -40,9 +40,11 @@ def normalised_weights(scores: Tensor, allowed: Tensor | None) -> Tensor:
     return torch.where(total > 0, scores / torch.where(total > 0, total, 1), 0)
 
 
-def softmax_weights(q: Tensor, k: Tensor, allowed: Tensor | None) -> Tensor:
-    """``softmax_j(q_iᵀk_j/√D)`` over the allowed keys, 0 for rows with none: ``(B, H, Nq, Nk)``."""
+def softmax_weights(q: Tensor, k: Tensor, allowed: Tensor | None, bias: Tensor | None = None) -> Tensor:
+    """``softmax_j(q_iᵀk_j/√D + b_ij)`` over the allowed keys, 0 for rows with none: ``(B, H, Nq, Nk)``."""
     logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
     if allowed is not None:
         logits = logits.masked_fill(~allowed.to(q.device), float("-inf"))
     row_max = logits.amax(-1, keepdim=True)
@@ -58,10 +60,15 @@ def softmax_attention(
     *,
     causal: bool = False,
     window: int | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """``f(q_i) = Σ_j softmax_j(q_iᵀk_j/√D) v_j`` over the allowed keys (the dual form of docs/theory.md)."""
-    allowed = allowed_matrix(q.shape[2], k.shape[2], key_padding_mask, q.shape[0], causal=causal, window=window)
-    return softmax_weights(q, k, allowed) @ v
+    """``f(q_i) = Σ_j softmax_j(q_iᵀk_j/√D + b_ij) v_j`` over the allowed keys (the dual form of docs/theory.md);
+    ``bias`` an additive score bias (T5's), None: 0. Causal queries are the last Nq of the Nk positions."""
+    nq, nk = q.shape[2], k.shape[2]
+    allowed = allowed_matrix(nq, nk, key_padding_mask, q.shape[0], causal=causal, window=window)
+    if causal and nq != nk:  # query i at position Nk - Nq + i
+        allowed = allowed_matrix(nk, nk, key_padding_mask, q.shape[0], causal=True, window=window)[:, :, nk - nq :]
+    return softmax_weights(q, k, allowed, bias) @ v
 
 
 def sparse_attention(q: Tensor, k: Tensor, v: Tensor, window: int, key_padding_mask: Tensor | None = None) -> Tensor:
@@ -103,9 +110,13 @@ def bn_attention(
     eps: float = 1e-5,
     mean_weight: float = 1.0,
     causal: bool = False,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Attention-BN: ``softmax_j(x̂(q_i)ᵀx̂(k_j)/√D)``, ``x̂(x) = (x - βμ)/s`` with μ, s of the keys query i is
-    fitted on (all valid keys; the valid keys ``j <= i`` when causal), per sample and head."""
+    """Attention-BN: ``softmax_j(x̂(q_i)ᵀx̂(k_j)/√D + b_ij)``, ``x̂(x) = (x - βμ)/s`` with μ, s of the keys query i
+    is fitted on (all valid keys; the valid keys ``j <= Nk - Nq + i`` when causal), per sample and head; ``bias``
+    broadcastable to ``(B, H, Nq, Nk)``, added after normalisation."""
+    if bias is not None:
+        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     bsz, heads, nq, _ = q.shape
     nk = k.shape[2]
     out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
@@ -113,13 +124,14 @@ def bn_attention(
         valid = _valid_keys(key_padding_mask, b, nk, q.device)
         for h in range(heads):
             for i in range(nq):
-                visible = valid & (torch.arange(nk, device=q.device) <= i) if causal else valid
+                visible = valid & (torch.arange(nk, device=q.device) <= nk - nq + i) if causal else valid
                 if not visible.any():
                     continue
                 mean, std = key_statistics(k[b, h], visible, eps)
                 qi = (q[b, h, i] - mean_weight * mean) / std
                 kj = (k[b, h] - mean_weight * mean) / std
                 logits = (kj @ qi) / math.sqrt(q.shape[-1])
+                logits = logits if bias is None else logits + bias[b, h, i]
                 logits = logits.masked_fill(~visible, float("-inf"))
                 out[b, h, i] = torch.softmax(logits, 0) @ v[b, h]
     return out

@@ -114,13 +114,38 @@ def repeat_kv(x: Tensor, num_heads: int) -> Tensor:
 
 
 def _fit_and_evaluate(
-    options: AttentionOptions, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    dropout_p: float,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Normalisation then kernel, on keys already selected."""
+    """Normalisation then kernel, on keys already selected (``bias``: softmax kernel only)."""
     q, k = normalise(options, q, k, mask)
     if options.spec.kernel == "softmax":
-        return softmax_kernel(q, k, v, mask, causal=options.causal, window=options.window, dropout_p=dropout_p)
+        window = options.window
+        return softmax_kernel(q, k, v, mask, causal=options.causal, window=window, dropout_p=dropout_p, bias=bias)
     return linear_kernel(q, k, v, mask)
+
+
+def check_bias(options: AttentionOptions, bias: Tensor | None, q: Tensor, k: Tensor) -> None:
+    """``attn_bias``: None, or a floating-point score bias broadcastable to ``(B, H, Nq, Nk)``, for the variants
+    that have scores to add it to without pooling (softmax, sparse, bn)."""
+    if bias is None:
+        return
+    spec = options.spec
+    if spec.pooled or spec.kernel != "softmax":
+        raise ValueError(
+            f"attn_bias (an additive score bias such as T5's position_bias) is supported by softmax, sparse and bn, "
+            f"not {options.variant!r}: SH pools the keys the bias is defined on, the linear kernel has no scores"
+        )
+    if not isinstance(bias, Tensor) or not bias.is_floating_point() or bias.dim() != 4:
+        raise ValueError(f"attn_bias must be a floating-point tensor (batch, heads, queries, keys), got {bias!r:.60}")
+    target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if any(b not in (1, t) for b, t in zip(bias.shape, target)):
+        raise ValueError(f"attn_bias must broadcast to {target}, got shape {tuple(bias.shape)}")
 
 
 def attention(
@@ -131,6 +156,7 @@ def attention(
     *,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
+    attn_bias: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """Attention ``variant`` of q ``(B,H,Nq,D)`` on k ``(B,H,Nk,D)``, v ``(B,H,Nk,Dv)`` -> ``(B,H,Nq,Dv)``.
@@ -139,12 +165,17 @@ def attention(
     ``eps``, ``mean_weight``, ``causal``, ``num_prefix_tokens``: see :class:`AttentionOptions`), or an
     :class:`AttentionOptions` made once (the layers' way: nothing but the tensors is checked per call).
     ``key_padding_mask``: bool ``(B, Nk)``, True at padding. ``dropout_p``: dropout on the softmax weights.
+    ``attn_bias``: an additive score bias broadcastable to ``(B, H, Nq, Nk)`` (T5's ``position_bias``, ALiBi), added
+    after the scale (BN: after normalisation); softmax, sparse and bn only (SPEC section 5).
     """
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, v, key_padding_mask)
     check_dropout(dropout_p)
+    check_bias(options, attn_bias, q, k)
     if not reads_grouped_keys(options):
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    if attn_bias is not None:
+        return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p, attn_bias)
     if options.causal and (scales is not None or options.spec.kernel == "linear"):
         return _causal_groups(options, q, k, v, key_padding_mask, scales or (1,), dropout_p)
     if scales is None:

@@ -17,7 +17,7 @@ from . import reference
 from .kernels import elu_feature_map
 from .options import AttentionOptions
 from .transforms import allowed_keys, head_split, join_heads, pool_keys, split_heads
-from .variants import attention, check_inputs, normalise, repeat_kv, resolve_options
+from .variants import attention, check_bias, check_inputs, normalise, repeat_kv, resolve_options
 
 
 def attention_weights(
@@ -26,6 +26,7 @@ def attention_weights(
     variant: str | AttentionOptions = "softmax",
     *,
     key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
     **options: Any,
 ) -> Tensor:
     """Weights ``w`` ``(B, H, Nq, Nk)`` with ``attention(q, k, v, variant, ...) = w @ v`` (no dropout).
@@ -49,6 +50,7 @@ def attention_weights(
     """
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, k, key_padding_mask)
+    check_bias(options, attn_bias, q, k)
     k = repeat_kv(k, q.shape[1])
     if options.causal and (scales is not None or options.spec.kernel == "linear"):
         # Causal SH and the linear kernel form each query's own training set: their outputs are linear in the
@@ -56,7 +58,7 @@ def attention_weights(
         identity = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:3], k.shape[2])
         return attention(q, k, identity, options, key_padding_mask=key_padding_mask)
     if scales is None:
-        return _kernel_weights(options, q, k, key_padding_mask)
+        return _kernel_weights(options, q, k, key_padding_mask, attn_bias)
     b, nk = q.shape[0], k.shape[2]
     identity = torch.eye(nk, dtype=q.dtype, device=q.device)
     groups = head_split(scales)
@@ -72,10 +74,12 @@ def attention_weights(
     return join_heads(weights, groups)
 
 
-def _kernel_weights(options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+def _kernel_weights(
+    options: AttentionOptions, q: Tensor, k: Tensor, mask: Tensor | None, bias: Tensor | None = None
+) -> Tensor:
     """Normalisation then kernel weights on keys already selected, the step ``functional.variants`` takes."""
     allowed = allowed_keys(q.shape[2], k.shape[2], mask, causal=options.causal, window=options.window, device=q.device)
     q, k = normalise(options, q, k, mask)
     if options.spec.kernel == "softmax":
-        return reference.softmax_weights(q, k, allowed)
+        return reference.softmax_weights(q, k, allowed, bias)
     return reference.normalised_weights(elu_feature_map(q) @ elu_feature_map(k).transpose(-2, -1), allowed)

@@ -52,13 +52,15 @@ def attend(
     dropout_p: float = 0.0,
     scaling: float | None = None,
     need_weights: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Attention ``options`` (made for H heads) on q ``(B, H, Nq, D)``, k, v ``(B, Hkv, Nk, ·)`` (``Hkv`` dividing H:
     grouped-query attention) -> ``(B, H, Nq, Dv)`` and the weights
     ``(B, H, Nq, Nk)`` when ``need_weights`` (before dropout), else None.
 
     ``pattern``: the host's mask (None: no mask; then ``causal`` says whether query i sees keys ``j <= Nk - Nq + i``
-    or all of them). ``scaling``: the host's score scale in place of ``1/√D`` (None: ``1/√D``).
+    or all of them). ``scaling``: the host's score scale in place of ``1/√D`` (None: ``1/√D``). ``bias``: an
+    additive score bias ``(B or 1, H or 1, Nq, Nk)`` (T5's ``position_bias``): softmax, sparse and bn.
     """
     nq, nk = q.shape[2], k.shape[2]
     if pattern is None:
@@ -68,15 +70,18 @@ def attend(
     q, options = scaled(options, q, scaling)
     spec = options.spec
     if pattern.frontier is not None and (spec.pooled or spec.kernel != "softmax"):
+        functional.variants.check_bias(options, bias, q, k)
         return queries_moved_last(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
     if pattern.frontier is not None or need_weights:  # explicit weights: one key head per query head
         k, v = functional.repeat_kv(k, q.shape[1]), functional.repeat_kv(v, q.shape[1])
     if pattern.frontier is not None:
-        return explicit_attention(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights)
+        return explicit_attention(options, q, k, v, pattern, dropout_p=dropout_p, need_weights=need_weights, bias=bias)
     padding = pattern.padding
     options = with_causal(options, pattern.kind == "causal")
-    out = functional.attention(q, k, v, options, key_padding_mask=padding, dropout_p=dropout_p)
-    weights = functional.attention_weights(q, k, options, key_padding_mask=padding) if need_weights else None
+    out = functional.attention(q, k, v, options, key_padding_mask=padding, dropout_p=dropout_p, attn_bias=bias)
+    weights = None
+    if need_weights:
+        weights = functional.attention_weights(q, k, options, key_padding_mask=padding, attn_bias=bias)
     return out, weights
 
 
@@ -182,6 +187,7 @@ def explicit_attention(
     *,
     dropout_p: float,
     need_weights: bool,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Softmax-kernel attention on any prefix pattern, weights formed explicitly ``(B, H, Nq, Nk)``.
 
@@ -202,6 +208,6 @@ def explicit_attention(
         count = stats.count.expand(q.shape[0], 1, k.shape[2], 1).gather(2, index)
         q = ((q - options.mean_weight * mean) / var).masked_fill(count <= 1, 0.0)
         k = k - stats.centre
-    weights = functional.reference.softmax_weights(q, k, allowed)
+    weights = functional.reference.softmax_weights(q, k, allowed, bias)
     out = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v
     return out, weights if need_weights else None

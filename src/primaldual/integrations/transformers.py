@@ -55,7 +55,7 @@ from .masks import allowed_from_mask, pattern_from_allowed
 __all__ = ["PrimalDualCache", "attention_function", "primaldual_mask", "register", "registered_options"]
 
 PREFIX = "primaldual-"
-UNSUPPORTED = ("softcap", "position_bias", "s_aux", "sinks")
+UNSUPPORTED = ("softcap", "s_aux", "sinks")
 _REGISTERED: dict[str, AttentionOptions | None] = {}  # name -> the options register() made it with
 
 
@@ -190,6 +190,7 @@ def forward(
         dropout_p=dropout,
         scaling=scaling,
         need_weights=weights_requested(kwargs),
+        bias=position_bias(kwargs, key.shape[2]),
     )
     return out.transpose(1, 2).contiguous(), weights
 
@@ -208,12 +209,20 @@ def cached_forward(
     new tokens (their padding: the last row of the mask, the keys that the last query sees)."""
     if weights_requested(kwargs):
         raise ValueError("PrimalDualCache keeps no past keys to weigh: output_attentions needs DynamicCache")
+    if kwargs.get("position_bias") is not None:
+        raise ValueError("PrimalDualCache keeps no key positions for a position_bias: use DynamicCache")
     padding = None
     if attention_mask is not None:
         mask = attention_mask[:, :1, -1, -query.shape[2] :] if attention_mask.dim() == 4 else attention_mask
         padding = ~allowed_from_mask(mask, true_means="attend", name="attention_mask").reshape(query.shape[0], -1)
     q, options = scaled(options, query, scaling)
     return layer.attend(options, q, key, value, padding).transpose(1, 2).contiguous(), None
+
+
+def position_bias(kwargs: dict[str, Any], nk: int) -> Tensor | None:
+    """The family's additive score bias (T5's ``position_bias``, ``(1 or B, H, Nq, ≥ Nk)``), cut to the keys."""
+    bias = kwargs.get("position_bias")
+    return None if bias is None else bias[..., :nk]
 
 
 @memoized
