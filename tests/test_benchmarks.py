@@ -134,3 +134,17 @@ def test_whole_model_benchmark_writes_ratios_to_the_hosts_own_attention(tmp_path
     saved = json.loads((tmp_path / "whole_model.json").read_text())
     assert len(saved) == len(rows)
     assert "| nn-encoder | train | no | bn |" in (tmp_path / "whole_model.md").read_text()
+
+
+def test_decode_benchmark_writes_both_tables(tmp_path):
+    from benchmarks.decode import main as decode_main
+
+    causal, generated = decode_main(
+        ["--variants", "sh", "linear", "linear-bn", "--lengths", "16", "--tokens", "4", "--repeats", "1"]
+        + ["--exact-max", "8", "--output", str(tmp_path)]
+    )
+    assert {r["variant"] for r in causal} == {"sdpa", "sh", "linear"}  # linear-bn stops at --exact-max
+    assert {r["variant"] for r in generated} == {"sdpa", "sh", "linear", "linear-bn"}
+    assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in generated)
+    assert len(json.loads((tmp_path / "generate.json").read_text())) == 4
+    assert "| sh | 4 |" in (tmp_path / "generate.md").read_text()

@@ -28,3 +28,11 @@ def test_example_quick_run(script, variants):
     spec.loader.exec_module(module)
     results = module.main(["--quick", "--variants", *variants])
     assert set(results) == set(variants) and all(0 <= a <= 1 for a in results.values())
+
+
+def test_decoder_example_quick_run():
+    spec = importlib.util.spec_from_file_location("decoder", ROOT / "examples" / "decoder.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--quick", "--variants", "sh", "linear-sh"])
+    assert set(results) == {"sh", "linear-sh"} and all(0 < loss < 10 for loss in results.values())
