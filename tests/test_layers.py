@@ -135,3 +135,33 @@ def test_bad_forward_arguments():
         layer(torch.randn(2, 7, 32), key_padding_mask=torch.zeros(2, 6, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"attn_mask is not supported"):
         layer(torch.randn(2, 7, 32), attn_mask=torch.ones(7, 7, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_causal_layer_prefill_and_steps_equal_its_forward(variant):
+    """primaldual.Attention(causal=True) for every variant; prefill then one step per token gives the causal
+    forward's output at every position (the decoding state of SPEC section 5)."""
+    import primaldual
+    from tests import tolerances as T
+
+    torch.manual_seed(0)
+    extra = dict(window=2) if variant == "sparse" else {}
+    layer = primaldual.Attention(32, 4, variant=variant, causal=True, qkv_bias=True, **extra).double().eval()
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = layer(x)
+        out, state = layer.prefill(x[:, :6])
+        parts = [out]
+        for i in range(6, 11):
+            out, state = layer.step(x[:, i : i + 1], state)
+            parts.append(out)
+    got = torch.cat(parts, 1)
+    later = x.clone()
+    later[:, 8:] += 1.0
+    with torch.no_grad():
+        moved = layer(later)
+    bound = T.model_atol(torch.float64, T.parameter_sensitivity(layer, x), reduction=32, length=11)
+    T.assert_close_normwise(got, expected, bound, "steps")
+    T.assert_close_normwise(moved[:, :8], expected[:, :8], bound, "the future")
+    with pytest.raises(ValueError, match="one token per sequence"):
+        layer.step(x[:, :2], state)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .functional import attention
+from .functional.decode import DecodeState
 from .functional.options import FIELDS, AttentionOptions, check_names
 from .functional.variants import self_attention, split_qkv
 
@@ -128,6 +129,28 @@ class Attention(nn.Module):
         if self.gate is not None:
             out = out * self.gate(x).sigmoid()
         return self.proj_drop(self.proj(out))
+
+    def prefill(self, x: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+        """A decoder's prompt x ``(B, N, dim)``: its causal output ``(B, N, dim_out)`` and the decoding state after
+        it (:class:`~primaldual.functional.decode.DecodeState`, what the variant's math needs: SPEC section 5)."""
+        options = self.options.replace(causal=True) if not self.options.causal else self.options
+        out, state = DecodeState.from_prompt(options, *self.project(x), key_padding_mask)
+        return self._output(out, x), state
+
+    def step(self, x: Tensor, state: DecodeState) -> tuple[Tensor, DecodeState]:
+        """One new token x ``(B, 1, dim)`` after ``state`` (from :meth:`prefill` or an earlier step): its output
+        ``(B, 1, dim_out)``, equal to the causal forward's at that position, and the next state."""
+        if x.dim() != 3 or x.shape[1] != 1:
+            raise ValueError(f"x must be one token per sequence, (batch, 1, dim), got shape {tuple(x.shape)}")
+        out, state = state.step(*self.project(x))
+        return self._output(out, x), state
+
+    def _output(self, out: Tensor, x: Tensor) -> Tensor:
+        """Heads ``(B, H, N, D)`` joined, normalised, gated and projected, as in :meth:`forward` (no dropout)."""
+        out = self.norm(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], self.attn_dim))
+        if self.gate is not None:
+            out = out * self.gate(x).sigmoid()
+        return self.proj(out)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The heads' queries, keys and values ``(B, H, N, D)`` of tokens x ``(B, N, dim)``, as the attention sees
