@@ -145,16 +145,26 @@ def causal_set(frame: Frame, nq: int, nk: int) -> CausalSet:
 
 def softmax_on_set(q: Tensor, points: CausalSet, dropout_p: float = 0.0) -> Tensor:
     """``Σ softmax(q_iᵀk/√D) v`` over query i's carried points and its own point, one softmax:
-    q ``(B, H, Nq, D)`` -> ``(B, H, Nq, Dv)``; a query with no point returns 0. O(Nq·M) scores."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
+    q ``(B, H, Nq, D)`` -> ``(B, H, Nq, Dv)``; a query with no point returns 0.
+
+    One fused SDPA call: the own point is a key column of its own whose score ``q_iᵀP_i/√D`` differs per query,
+    so it enters as that column's additive bias (on a zero key), and its value, which also differs per query, is
+    read back from an extra value channel that is 1 on that column only: the channel's output is the own point's
+    weight ``p_i``, and the output is ``SDPA[..., :Dv] + p_i · P_i^v``. O(Nq·M) bias, no weights materialised."""
+    batch, heads, nq, dim = q.shape
     mask = points.mask()
-    carried = (q @ points.keys.transpose(-2, -1) * scale).masked_fill(~mask, float("-inf"))
-    own = (torch.linalg.vecdot(q, points.own_keys) * scale).unsqueeze(-1).masked_fill(~points.own_valid, float("-inf"))
-    empty = ~(mask.any(-1, keepdim=True) | points.own_valid)
-    weights = torch.softmax(torch.cat((carried, own), -1).masked_fill(empty, 0.0), -1).masked_fill(empty, 0.0)
-    if dropout_p > 0:
-        weights = F.dropout(weights, dropout_p)
-    return weights[..., :-1] @ points.values + weights[..., -1:] * points.own_values
+    own = (torch.linalg.vecdot(q, points.own_keys) / math.sqrt(dim)).unsqueeze(-1)
+    empty = ~(mask.any(-1, keepdim=True) | points.own_valid)  # 0/0 rows: let them see the own column, then zero
+    carried = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    bias = torch.cat(
+        (carried.expand(batch, heads, nq, -1), own.masked_fill(~(points.own_valid | empty), float("-inf"))), -1
+    )
+    keys = torch.cat((points.keys, points.keys.new_zeros(batch, heads, 1, dim)), 2)
+    values = F.pad(points.values, (0, 1, 0, 1))
+    values = values + F.pad(values.new_ones(1, 1, 1, 1), (values.shape[-1] - 1, 0, values.shape[2] - 1, 0))
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=dropout_p)
+    out = out[..., :-1] + out[..., -1:] * points.own_values
+    return out.masked_fill(empty, 0.0)
 
 
 def set_statistics(points: CausalSet, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
