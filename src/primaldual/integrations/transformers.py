@@ -15,9 +15,12 @@ other structure, transformers' own dense ``sdpa_mask``. So a padded model reads 
 compiles without a graph break (:mod:`~primaldual.integrations.masks`); the call is then routed as
 :func:`~primaldual.integrations.attend.attend` describes. What it handles:
 
-* padding masks of encoders; causal masks of decoders (BN: prefix statistics); a KV cache (a decoding query sees
-  every cached key, so greedy generation gives the same tokens with and without the cache); a static cache's
-  unfilled tail (keys no query sees are padding).
+* padding masks of encoders; causal masks of decoders, every variant's causal form (SPEC section 5: BN's prefix
+  statistics, SH's complete past windows plus the open one, the linear kernel's prefix sums); a KV cache (the new
+  queries are the last positions, so greedy generation gives the same tokens with and without the cache); a
+  static cache's unfilled tail (keys no query sees are padding); :class:`PrimalDualCache`, each variant's own
+  decoding state.
+* additive score biases (T5's ``position_bias``): added to the scores of softmax, sparse and bn.
 * grouped-query attention: keys and values kept per key head where the variant reads them so (softmax: SDPA's
   ``enable_gqa``; causal BN: statistics per key head), repeated to the query heads otherwise (``repeat_kv``).
 * the module's ``scaling`` in place of ``1/√D`` (BN: ``scaling · x̂(q)ᵀx̂(k)``; the linear kernel has no scale).
@@ -25,9 +28,8 @@ compiles without a graph break (:mod:`~primaldual.integrations.masks`); the call
   ``(B, H, Nq, Nk)`` of :func:`primaldual.functional.attention_weights` (SH's pooled weights spread back over the
   keys they pool).
 
-Refused with a ValueError that says why: SH and the linear kernel in causal calls (no causal form), masks that are
-not padding with or without causality (sliding windows, chunks, packed sequences), additive position biases,
-logit soft-capping and attention sinks.
+Refused with a ValueError that says why: masks that are not padding with or without causality (sliding windows,
+chunks, packed sequences), a position bias with SH or the linear kernel, logit soft-capping and attention sinks.
 """
 
 from __future__ import annotations
