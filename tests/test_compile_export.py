@@ -172,3 +172,27 @@ def test_onnx_runtime_matches_eager(name, padded, tmp_path):
             ref = layer(x, mask)
         valid = torch.ones(batch_size, n, dtype=torch.bool) if mask is None else ~mask
         torch.testing.assert_close(torch.from_numpy(out)[valid], ref[valid], rtol=1e-4, atol=1e-4)
+
+
+# Causal forms (SPEC section 5): those without pooling or prefix sums export for every length; SH's frames and the
+# linear kernel's chunks reshape by symbolic window counts, which torch.export cannot prove for every length (the
+# encoders' linear-sh above, for the same reason): it refuses them, never runs them wrong. They compile
+# (tests/integrations/test_whole_models.py).
+CAUSAL_EXPORTED = ("softmax", "sparse", "bn", "linear-bn")
+
+
+@pytest.mark.parametrize("name", CAUSAL_EXPORTED)
+@pytest.mark.parametrize("padded", [False, True])
+def test_causal_export_serves_other_lengths(name, padded):
+    layer = make_layer(name, causal=True).eval()
+    program = exported(layer, padded).module()
+    for batch, length in ((2, 37), (1, 64)):
+        x, mask = make_inputs(batch, length, padded)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x, mask), layer(x, mask), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS if n not in CAUSAL_EXPORTED])
+def test_causal_export_refuses_what_it_cannot_express_for_every_length(name):
+    with pytest.raises(Exception, match="Constraints violated"):
+        exported(make_layer(name, causal=True).eval(), padded=False)
