@@ -7,8 +7,9 @@ Decoding a sequence one token at a time gives the causal forward's output at eve
 the state holds is SPEC section 5's table, per group of heads of one SH factor:
 
 * **keys and values** (softmax, sparse, bn, linear-bn: their SVR is fitted on every past key): the keys as they
-  come, per key head (grouped-query attention), and their padding; sparse keeps the last ``window + 1``. The step
-  is the causal op itself with one query at the last position.
+  come, per key head (grouped-query attention), and their padding; sparse keeps the last ``window``; bn its
+  running sums besides (``Σ k``, ``Σ k²``, the count, float64), so its step is one fused softmax call. The others'
+  step is the causal op itself with one query at the last position.
 * **carried points** (SH, linear): the points a later query sees, in slots per sample: the prefix tokens, then each
   complete window's mean (factor 1: every key). Not kept for the linear kernel without BN, which keeps their sums
   ``S = Σ Φ(k) vᵀ`` and ``z = Σ Φ(k)`` instead (O(1) in t).
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from .causal import CausalSet, bn_softmax_on_set, linear_bn_on_set, softmax_on_set
-from .kernels import elu_feature_map
+from .kernels import elu_feature_map, softmax_kernel
 from .options import AttentionOptions
 from .transforms import HeadSplit, head_split, join_heads, split_heads
 from .variants import attention, repeat_kv
@@ -46,9 +47,10 @@ class KeysState:
     keys: Tensor
     values: Tensor
     padding: Tensor
+    sums: tuple[Tensor, Tensor, Tensor] | None = None  # bn: Σ k, Σ k² (B, Hkv, 1, D) and the count (B, 1, 1, 1)
 
     def nbytes(self) -> int:
-        return _nbytes(self.keys, self.values, self.padding)
+        return _nbytes(self.keys, self.values, self.padding, *(self.sums or ()))
 
 
 @dataclass(frozen=True)
@@ -199,8 +201,11 @@ def _keys_step(
 ) -> tuple[Tensor | None, KeysState]:
     keys, values = torch.cat((part.keys, k), 2), torch.cat((part.values, v), 2)
     padding = torch.cat((part.padding, ~valid[:, None]), 1)
+    sums = _bn_sums(part.sums, k, valid) if options.spec.bn and options.spec.kernel == "softmax" else None
     out = None
-    if q is not None:
+    if q is not None and sums is not None:
+        out = _bn_step(options, q, keys, values, padding, sums)
+    elif q is not None:
         out = attention(q, keys, values, options, key_padding_mask=padding)
     if options.spec.windowed:  # the next query sees the last window of these and itself
         keys, values, padding = (
@@ -210,7 +215,34 @@ def _keys_step(
         )
         if options.window == 0:
             keys, values, padding = keys[:, :, :0], values[:, :, :0], padding[:, :0]
-    return out, KeysState(keys, values, padding)
+    return out, KeysState(keys, values, padding, sums)
+
+
+def _bn_sums(sums: tuple[Tensor, Tensor, Tensor] | None, k: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """BN's running sums after key k ``(B, Hkv, 1, D)``: ``Σ k``, ``Σ k²`` over the valid keys and their count, in
+    float64 (``E[k²] - E[k]²`` cancels where the keys sit far from 0; float32 on MPS, which has no float64)."""
+    acc = torch.float32 if k.device.type == "mps" else torch.float64
+    weight = valid[:, None, None, None].to(acc)
+    x = k.to(acc) * weight
+    if sums is None:
+        return x, x.square(), weight
+    return sums[0] + x, sums[1] + x.square(), sums[2] + weight
+
+
+def _bn_step(
+    options: AttentionOptions, q: Tensor, keys: Tensor, values: Tensor, padding: Tensor, sums: tuple[Tensor, ...]
+) -> Tensor:
+    """Causal BN's last query from the running sums: ``(q - βμ) ⊘ s²`` against the keys less μ (the shift
+    identity), one fused softmax call; a query fitted on at most one key is 0 (its output: that key's value)."""
+    first, second, count = sums
+    mean = first / count.clamp_min(1)
+    var = (second / count.clamp_min(1) - mean.square()).clamp_min(0) + options.eps
+    scale = var.reciprocal().masked_fill(count <= 1, 0.0).to(q.dtype)
+    shift = (mean * -options.mean_weight).masked_fill(count <= 1, 0.0).to(q.dtype)
+    groups = q.shape[1] // keys.shape[1]
+    q_hat = (q + shift.repeat_interleave(groups, 1)) * scale.repeat_interleave(groups, 1)
+    centred = keys - mean.to(keys.dtype)
+    return softmax_kernel(q_hat, centred, values, padding)
 
 
 def _group_step(
