@@ -94,10 +94,27 @@ def test_weights_reject_bad_options():
         attention_weights(q, q, "sh")
     with pytest.raises(ValueError, match="window"):
         attention_weights(q, q, "softmax", window=2)
-    with pytest.raises(ValueError, match="causal"):
-        attention_weights(q, q, "linear", causal=True)
+    with pytest.raises(ValueError, match="causal=True needs at most as many queries as keys"):
+        attention_weights(q, q[:, :, :2], "linear", causal=True)
     with pytest.raises(ValueError, match="unknown variant"):
         attention_weights(q, q, "nope")
+
+
+@pytest.mark.parametrize("variant", ["linear", "sh", "linear-bn+sh"])
+def test_causal_weights_give_the_causal_output(variant):
+    """Causal SH and the causal linear kernel: weights on the original keys, none on a later one, ``w @ v`` the
+    output (every row sums to 1)."""
+    from primaldual.functional import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 7, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    extra = dict(scales=(1, 2, 3, 4)) if "sh" in variant else {}
+    w = attention_weights(q, k, variant, causal=True, **extra)
+    assert (w.triu(1) == 0).all()
+    # sums of 7 terms of size <= 1 (weights) or max |v| (outputs), computed in two orders: Higham's bound
+    T.assert_close_normwise(w.sum(-1), torch.ones(2, 4, 7, dtype=torch.float64), T.sum_atol(torch.float64, 7, 1.0))
+    expected = attention(q, k, v, variant, causal=True, **extra)
+    T.assert_close_normwise(w @ v, expected, 2 * T.sum_atol(torch.float64, 7 * 7, v.abs().max().item()), "w @ v")
 
 
 # --- hooks and head redundancy ---
