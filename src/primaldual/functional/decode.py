@@ -208,13 +208,8 @@ def _keys_step(
     elif q is not None:
         out = attention(q, keys, values, options, key_padding_mask=padding)
     if options.spec.windowed:  # the next query sees the last window of these and itself
-        keys, values, padding = (
-            keys[:, :, -options.window :],
-            values[:, :, -options.window :],
-            padding[:, -options.window :],
-        )
-        if options.window == 0:
-            keys, values, padding = keys[:, :, :0], values[:, :, :0], padding[:, :0]
+        start = max(0, keys.shape[2] - options.window)
+        keys, values, padding = keys[:, :, start:], values[:, :, start:], padding[:, start:]
     return out, KeysState(keys, values, padding, sums)
 
 

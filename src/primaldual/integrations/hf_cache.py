@@ -25,7 +25,9 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from ..functional import AttentionOptions
 from ..functional.decode import DecodeState
 
-_MARKED: dict[int, PrimalDualLayer] = {}  # id of the keys update() returned -> its layer, until they are read
+# id of the keys update() returned -> (those keys, their layer), until they are read; the keys are held so that their
+# id cannot be reused by another tensor while the mark stands, and checked by identity when read
+_MARKED: dict[int, tuple[Tensor, PrimalDualLayer]] = {}
 
 
 class PrimalDualLayer(CacheLayerMixin):
@@ -48,7 +50,7 @@ class PrimalDualLayer(CacheLayerMixin):
         the queries and the padding it gets)."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        _MARKED[id(key_states)] = self
+        _MARKED[id(key_states)] = (key_states, self)
         return key_states, value_states
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -102,7 +104,8 @@ class PrimalDualLayer(CacheLayerMixin):
 
 def layer_of(key_states: Tensor) -> PrimalDualLayer | None:
     """The layer whose ``update`` returned ``key_states`` (once: the mark is removed), or None."""
-    return _MARKED.pop(id(key_states), None)
+    marked = _MARKED.pop(id(key_states), None)
+    return marked[1] if marked is not None and marked[0] is key_states else None
 
 
 class PrimalDualCache(Cache):
