@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from primaldual.files import LOCK_NAME, atomic_open, atomic_write, folder_lock
+from primaldual.files import LOCK_NAME, atomic_open, atomic_write, folder_lock, remove_abandoned
 
 
 def test_atomic_write_replaces_the_whole_file(tmp_path: Path) -> None:
@@ -94,6 +94,28 @@ def test_a_killed_holder_leaves_the_folder_unlocked(tmp_path: Path) -> None:
     holder.wait()
     with folder_lock(folder, wait=False) as held:
         assert held
+
+
+def test_a_writer_killed_mid_write_leaves_a_temporary_that_its_successor_removes(tmp_path: Path) -> None:
+    """SIGKILL inside atomic_open: the target keeps its previous contents, the temporary file stays (nothing runs
+    after SIGKILL), and remove_abandoned removes it and only it (other files, dotfiles included, stay)."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    atomic_write(folder / "last.ckpt", b"previous")
+    (folder / ".keep").write_bytes(b"")
+    code = (
+        "import os, signal\n"
+        "from primaldual.files import atomic_open\n"
+        f"with atomic_open({str(folder / 'last.ckpt')!r}) as file:\n"
+        "    file.write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+    left = [p for p in folder.iterdir() if p.suffix == ".tmp"]
+    assert len(left) == 1 and left[0].name.startswith(".last.ckpt.")
+    assert remove_abandoned(tmp_path / "run") == left
+    assert sorted(p.name for p in folder.iterdir()) == [".keep", "last.ckpt"]
+    assert (folder / "last.ckpt").read_bytes() == b"previous"
 
 
 def _hold(folder: Path) -> subprocess.Popen:

@@ -5,6 +5,7 @@
 * :func:`folder_lock`: an exclusive lock on a folder held by the kernel (``flock`` on Linux and macOS, ``msvcrt``
   on Windows through ``filelock``), released when its holder's process ends, killed included: a killed holder
   never leaves a folder locked.
+* :func:`remove_abandoned`: the temporary files a killed writer left in a folder its successor now holds.
 """
 
 from __future__ import annotations
@@ -47,6 +48,19 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         tmp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
+
+
+def remove_abandoned(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_open` (``.<name>.<random>.tmp``) under ``folder``; return them.
+
+    A writer killed between creating its temporary file and renaming it leaves the file behind (nothing runs
+    after SIGKILL). Call this only while holding :func:`folder_lock` on ``folder``, as the one process that
+    writes there: any temporary file then belongs to a writer that is gone.
+    """
+    removed = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from .. import tables
 from ..data.batching import LengthGroupedSampler, trim_padding
-from ..files import atomic_write, folder_lock
+from ..files import atomic_write, folder_lock, remove_abandoned
 from .checkpoints import (
     PLACEMENT_OPTIONS,
     AtomicCheckpointIO,
@@ -123,6 +123,8 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
     module = Classifier.for_config(model, data.num_classes, config)
     if resume:  # before anything is written: a refused resume leaves the run as it was
         check_resume(load_checkpoint(last), last, config, module)
+        if rank_zero_only.rank == 0:  # the lock's holder: a temporary file here is a killed writer's
+            remove_abandoned(output)
     has_val = len(data.val) > 0
     trainer, checkpoint, log, timer = _trainer(config, has_val, callbacks, verbose)
     if trainer.is_global_zero:
