@@ -160,8 +160,13 @@ def test_causal_layer_prefill_and_steps_equal_its_forward(variant):
     later[:, 8:] += 1.0
     with torch.no_grad():
         moved = layer(later)
-    bound = T.model_atol(torch.float64, T.parameter_sensitivity(layer, x), reduction=32, length=11)
-    T.assert_close_normwise(got, expected, bound, "steps")
-    T.assert_close_normwise(moved[:, :8], expected[:, :8], bound, "the future")
+
+    def bound(inputs):
+        return T.model_atol(torch.float64, T.parameter_sensitivity(layer, inputs), reduction=32, length=11)
+
+    T.assert_close_normwise(got, expected, bound(x), "steps")
+    # two evaluations, each within the law of its own inputs (BN's centre, a mean over every key, rounds
+    # differently when later keys change; exactly, the earlier outputs do not move)
+    T.assert_close_normwise(moved[:, :8], expected[:, :8], bound(x) + bound(later), "the future")
     with pytest.raises(ValueError, match="one token per sequence"):
         layer.step(x[:, :2], state)

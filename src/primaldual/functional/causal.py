@@ -21,7 +21,6 @@ linear-SH: linear time, :func:`causal_linear`).
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -103,12 +102,22 @@ def causal_frame(k: Tensor, v: Tensor, key_padding_mask: Tensor | None, factor: 
         sums = (F.pad(x[:, :, prefix:], (0, 0, 0, extra)).unflatten(2, (windows, factor)) * weight).cumsum(3)
         running = sums / count.clamp_min(1)
         means.append(running[:, :, :, -1])
-        own.append(torch.cat((x[:, :, :prefix], running.flatten(2, 3)), 2))  # P + W·r >= N positions
+        own.append(torch.cat((x[:, :, :prefix], _flat_windows(running)), 2))  # P + W·r >= N positions
     window_valid = own_valid = None
     if valid is not None:
         window_valid = count[:, 0, :, -1, 0] > 0
-        own_valid = torch.cat((valid[:, :prefix], (count.flatten(2, 3)[:, 0, :, 0] > 0)), 1)
+        own_valid = torch.cat((valid[:, :prefix], (_flat_windows(count)[:, 0, :, 0] > 0)), 1)
     return Frame(factor, prefix, shift, tuple(means), window_valid, tuple(own), own_valid)
+
+
+def _flat_windows(x: Tensor) -> Tensor:
+    """``(B, H, W, r, ·)`` -> ``(B, H, W·r, ·)``. While tracing by indexing: torch.export cannot prove the guard
+    ``W % (W·r) != 0`` that a reshape of a symbolic W asks (true for every W >= 1), so a view would refuse every
+    length; eager keeps the free view (the indexing's backward costs ~2.5x this step's time)."""
+    if not tracing():
+        return x.flatten(2, 3)
+    p = torch.arange(x.shape[2] * x.shape[3], device=x.device)
+    return x[:, :, p.div(x.shape[3], rounding_mode="floor"), p % x.shape[3]]
 
 
 def frame_positions(frame: Frame, nq: int, nk: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -147,24 +156,30 @@ def softmax_on_set(q: Tensor, points: CausalSet, dropout_p: float = 0.0) -> Tens
     """``Σ softmax(q_iᵀk/√D) v`` over query i's carried points and its own point, one softmax:
     q ``(B, H, Nq, D)`` -> ``(B, H, Nq, Dv)``; a query with no point returns 0.
 
-    One fused SDPA call: the own point is a key column of its own whose score ``q_iᵀP_i/√D`` differs per query,
-    so it enters as that column's additive bias (on a zero key), and its value, which also differs per query, is
-    read back from an extra value channel that is 1 on that column only: the channel's output is the own point's
-    weight ``p_i``, and the output is ``SDPA[..., :Dv] + p_i · P_i^v``. O(Nq·M) bias, no weights materialised."""
+    One fused SDPA call. The own point is one more key column whose score ``q_iᵀP_i/√D`` differs per query: it
+    enters through an extra channel, ``q_iᵀP_i`` on the query and 1 on that column's key (0 on the others), and
+    its value, which also differs per query, is read back from an extra value channel that is 1 on that column
+    only: the channel's output is the own point's weight ``p_i``, and the output is ``SDPA[..., :Dv] + p_i·P_i^v``.
+    q, k and v get one width ``E = max(D, Dv) + 1`` (zero channels change no score), which keeps SDPA on its
+    fused kernel (it needs equal widths); the mask is boolean and shared by the heads: O(Nq·M) of it per sample.
+    """
     batch, heads, nq, dim = q.shape
+    dv, width = points.values.shape[-1], max(dim, points.values.shape[-1]) + 1
     mask = points.mask()
-    own = (torch.linalg.vecdot(q, points.own_keys) / math.sqrt(dim)).unsqueeze(-1)
+    own = torch.linalg.vecdot(q, points.own_keys).unsqueeze(-1)
     empty = ~(mask.any(-1, keepdim=True) | points.own_valid)  # 0/0 rows: let them see the own column, then zero
-    carried = torch.zeros((), dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    bias = torch.cat(
-        (carried.expand(batch, heads, nq, -1), own.masked_fill(~(points.own_valid | empty), float("-inf"))), -1
-    )
-    keys = torch.cat((points.keys, points.keys.new_zeros(batch, heads, 1, dim)), 2)
-    values = F.pad(points.values, (0, 1, 0, 1))
-    values = values + F.pad(values.new_ones(1, 1, 1, 1), (values.shape[-1] - 1, 0, values.shape[2] - 1, 0))
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, dropout_p=dropout_p)
-    out = out[..., :-1] + out[..., -1:] * points.own_values
+    mask = torch.cat((mask.expand(batch, 1, nq, -1), points.own_valid | empty), -1)
+    q = F.pad(torch.cat((q, own), -1), (0, width - dim - 1))
+    keys = F.pad(points.keys, (0, width - dim, 0, 1)) + _unit(width, dim, points.keys)
+    values = F.pad(points.values, (0, width - dv, 0, 1)) + _unit(width, dv, points.values)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p, scale=dim**-0.5)
+    out = out[..., :dv] + out[..., dv : dv + 1] * points.own_values
     return out.masked_fill(empty, 0.0)
+
+
+def _unit(width: int, channel: int, x: Tensor) -> Tensor:
+    """``(1, 1, M + 1, width)``, 1 at the last row's ``channel``, else 0 (x ``(B, H, M, ·)``: device, dtype)."""
+    return F.pad(x.new_ones(1, 1, 1, 1), (channel, width - channel - 1, x.shape[2], 0))
 
 
 def set_statistics(points: CausalSet, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
