@@ -285,3 +285,20 @@ def test_a_dense_mask_while_tracing_takes_the_prefix_path_and_a_band_fails_its_d
         call(band)
     with pytest.raises(RuntimeError, match="not a padding mask"):
         compiled(band)
+
+
+@pytest.mark.parametrize("variant", CAUSAL)
+def test_static_cache_generation_compiles_the_decode_step_once(variant):
+    """As transformers compiles generation: a static cache and ``torch.compile(model.forward, fullgraph=True)``.
+    Greedy generation from a left-padded batch gives the eager tokens, from two graphs: the prefill and one decode
+    step that serves every later token (the static cache keeps its shapes, so nothing compiles again)."""
+    model = hf_model("llama", variant)
+    ids = torch.randint(1, VOCAB, (2, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    settings = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, cache_implementation="static", **settings)
+    counter = CompileCounterWithBackend("aot_eager")
+    model.forward = torch.compile(model.forward, fullgraph=True, backend=counter)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **settings), expected)
+    assert counter.frame_count == 2, f"{variant}: {counter.frame_count} graphs for a prefill and 5 decode steps"
