@@ -4,27 +4,27 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PRIMALDUAL_VENV:-.venv}
-# Fashion-MNIST (the image and pixels tasks) from the Debian package dataset-fashion-mnist: IDX files in
-# /usr/share/datasets/fashion-mnist. Best effort, checked on every run: setup never fails because of it.
-if ! ls /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte* >/dev/null 2>&1; then
+# Debian packages the project reads, each installed as root when the file it provides is missing. Best effort,
+# checked on every run: setup never fails because of one, it says what will fail without it.
+apt_package() {  # apt_package PACKAGE GLOB CONSEQUENCE
+  if ls $2 >/dev/null 2>&1; then return 0; fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
-      || echo "setup: installing dataset-fashion-mnist failed; --task image/pixels will need --root" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null; } \
+      || echo "setup: installing $1 failed; $3" >&2
   else
-    echo "setup: not root or no apt-get, dataset-fashion-mnist not installed; --task image/pixels will need" \
-         "--root (a folder holding Fashion-MNIST's four IDX files)" >&2
+    echo "setup: not root or no apt-get, $1 not installed; $3" >&2
   fi
-fi
-# PostgreSQL (Debian's postgresql package) for the tests of tune's shared-study path: they start a server on
-# loopback and fail, not skip, without one. Installed as root, checked on every run.
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
-      || echo "setup: installing postgresql failed; tests/training/test_tune_postgres.py will fail" >&2
-  else
-    echo "setup: not root or no apt-get, postgresql not installed; tests/training/test_tune_postgres.py will fail" >&2
-  fi
-fi
+}
+# Fashion-MNIST (the image and pixels tasks): IDX files in /usr/share/datasets/fashion-mnist.
+apt_package dataset-fashion-mnist "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte*" \
+  "--task image/pixels will need --root (a folder holding Fashion-MNIST's four IDX files)"
+# PostgreSQL for the tests of tune's shared-study path: they start a server on loopback and fail, not skip,
+# without one.
+apt_package postgresql "/usr/lib/postgresql/*/bin/initdb" "tests/training/test_tune_postgres.py will fail"
+# The text corpus of the language-model evidence (primaldual.data.text): the reStructuredText sources of the
+# Python 3.11 documentation, in /usr/share/doc/python3.11/html/_sources.
+apt_package python3.11-doc "/usr/share/doc/python3.11/html/_sources/contents.rst.txt" \
+  "primaldual.data.text and tests/data/test_text.py will fail"
 stamp="$VENV/.primaldual-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
