@@ -174,12 +174,13 @@ def test_onnx_runtime_matches_eager(name, padded, tmp_path):
         torch.testing.assert_close(torch.from_numpy(out)[valid], ref[valid], rtol=1e-4, atol=1e-4)
 
 
-# Causal forms (SPEC section 5): softmax, sparse, BN and SH (their frames flattened by indexing while tracing)
-# export for every length. The linear kernel's chunked prefix sums multiply by symbolic chunk and window counts,
-# and the matmul's reshape asks guards such as ``1 % windows != 0`` that torch.export cannot prove for every length
-# (the encoders' linear-sh above, for the same reason): it refuses them, never runs them wrong. They compile
+# Causal forms (SPEC section 5): softmax, sparse, BN, SH (their frames flattened by indexing while tracing) and
+# linear-BN(+SH) (a broadcast sum in place of a one-head group's matmul while tracing) export for every length.
+# The linear kernel's chunked prefix sums multiply by symbolic chunk and window counts, and the matmul's reshape
+# asks guards such as ``1 % windows != 0`` that torch.export cannot prove for every length (the encoders'
+# linear-sh above, for the same reason): it refuses them, never runs them wrong. They compile
 # (tests/integrations/test_whole_models.py).
-CAUSAL_EXPORTED = ("softmax", "sparse", "bn", "sh", "bn+sh", "linear-bn")
+CAUSAL_EXPORTED = ("softmax", "sparse", "bn", "sh", "bn+sh", "linear-bn", "linear-bn+sh")
 
 
 @pytest.mark.parametrize("name", CAUSAL_EXPORTED)

@@ -261,7 +261,10 @@ def _linear_bn_chunk(beta, phi_q, mean, scale, mask, keys, values, own_keys, own
     kernel = (phi_q[:, :, :, None] * elu_feature_map(k_hat)).sum(-1).masked_fill(~mask, 0.0)
     own_hat = (own_keys - beta * mean) * scale
     own = torch.linalg.vecdot(phi_q, elu_feature_map(own_hat)).unsqueeze(-1).masked_fill(~own_valid, 0.0)
-    return _ratio(kernel @ values + own * own_values, kernel.sum(-1, keepdim=True) + own)
+    # while tracing, a broadcast sum (no larger than k_hat): the matmul's reshape of a one-head group asks export
+    # for ``1 % M != 0``, which it cannot prove for every length
+    weighted = (kernel[..., None] * values[:, :, None]).sum(3) if tracing() else kernel @ values
+    return _ratio(weighted + own * own_values, kernel.sum(-1, keepdim=True) + own)
 
 
 def _ratio(numerator: Tensor, normaliser: Tensor) -> Tensor:
