@@ -21,6 +21,7 @@ from typing import BinaryIO
 #: The lock file :func:`folder_lock` creates in the folder it locks (never removed: removing a lock file while
 #: another process waits on it would let a third lock a new file of the same name).
 LOCK_NAME = ".lock"
+_TEMPORARY = ".tmp"  # the suffix of atomic_open's temporary files, ``.<name>.<random>.tmp``
 _held: set[Path] = set()  # folders this process holds (a lock taken again inside its own block is a no-op)
 
 
@@ -34,7 +35,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     the permissions a plain ``open(path, "wb")`` would give it (0o666 less the umask).
     """
     path = Path(path)
-    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMPORARY, dir=path.parent)
     tmp = Path(name)
     try:
         with open(descriptor, "wb") as file:
@@ -57,7 +58,7 @@ def remove_abandoned(folder: str | os.PathLike) -> list[Path]:
     after SIGKILL). Call this only while holding :func:`folder_lock` on ``folder``, as the one process that
     writes there: any temporary file then belongs to a writer that is gone.
     """
-    removed = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    removed = [p for p in Path(folder).rglob(f".*{_TEMPORARY}") if p.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

@@ -69,7 +69,7 @@ def windows(data: Tensor, length: int) -> Tensor:
     if count < 1:
         raise ValueError(f"a window of {length + 1} bytes needs more data than {data.numel()} bytes")
     starts = torch.arange(count) * length
-    return data.long()[starts[:, None] + torch.arange(length + 1)]
+    return data[starts[:, None] + torch.arange(length + 1)].long()  # index the bytes, then widen
 
 
 def bits_per_byte(loss: float) -> float:

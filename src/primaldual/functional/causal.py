@@ -169,17 +169,13 @@ def softmax_on_set(q: Tensor, points: CausalSet, dropout_p: float = 0.0) -> Tens
     own = torch.linalg.vecdot(q, points.own_keys).unsqueeze(-1)
     empty = ~(mask.any(-1, keepdim=True) | points.own_valid)  # 0/0 rows: let them see the own column, then zero
     mask = torch.cat((mask.expand(batch, 1, nq, -1), points.own_valid | empty), -1)
-    q = F.pad(torch.cat((q, own), -1), (0, width - dim - 1))
-    keys = F.pad(points.keys, (0, width - dim, 0, 1)) + _unit(width, dim, points.keys)
-    values = F.pad(points.values, (0, width - dv, 0, 1)) + _unit(width, dv, points.values)
+    q = torch.cat((q, own, own.new_zeros(()).expand(batch, heads, nq, width - dim - 1)), -1)
+    keys, values = F.pad(points.keys, (0, width - dim, 0, 1)), F.pad(points.values, (0, width - dv, 0, 1))
+    keys[:, :, -1, dim] = 1.0  # in place on the fresh padded copies (their padding's backward reads neither)
+    values[:, :, -1, dv] = 1.0
     out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=dropout_p, scale=dim**-0.5)
     out = out[..., :dv] + out[..., dv : dv + 1] * points.own_values
     return out.masked_fill(empty, 0.0)
-
-
-def _unit(width: int, channel: int, x: Tensor) -> Tensor:
-    """``(1, 1, M + 1, width)``, 1 at the last row's ``channel``, else 0 (x ``(B, H, M, ·)``: device, dtype)."""
-    return F.pad(x.new_ones(1, 1, 1, 1), (channel, width - channel - 1, x.shape[2], 0))
 
 
 def set_statistics(points: CausalSet, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
