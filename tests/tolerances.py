@@ -433,8 +433,9 @@ def causal_law(variant: str, q: Tensor, k: Tensor, mask: Tensor | None = None, *
                 if spec.bn:
                     mean, std = R.key_statistics(keys, torch.ones(keys.shape[0], dtype=torch.bool), eps_bn)
                     q_term = (query - beta * mean).abs() + abs(beta) * mean.abs()
-                    if spec.kernel == "linear":
-                        query, keys = q_term / std, ((keys - beta * mean).abs() + keys.abs()) / std
+                    if spec.kernel == "linear":  # statistics about a centre within ±max|k| round as softmax's
+                        centred = (keys - beta * mean).abs() + keys.abs() + 2 * k[b, h].abs().amax(0)
+                        query, keys = q_term / std, centred / std
                     else:
                         query, keys = q_term / std**2, 2 * k[b, h].abs().amax(0) + keys.abs()
                 if spec.kernel == "linear":
