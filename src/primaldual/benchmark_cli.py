@@ -1,9 +1,11 @@
-"""The ``primaldual benchmark`` and ``primaldual tune`` subcommands, added to the parser by :mod:`primaldual.cli`.
+"""The ``primaldual benchmark``, ``tune`` and ``lm`` subcommands, added to the parser by :mod:`primaldual.cli`.
 
 ``benchmark``: every bundled multivariate UEA set (or those of ``--root``) x variants x seeds, two protocols and
 MiniRocket (:mod:`primaldual.training.benchmark`), then the report (:mod:`primaldual.analysis.benchmark_report`).
 ``tune``: an Optuna study of a dataset's configuration on k-fold cross-validation of its training file
-(:mod:`primaldual.training.tune`).
+(:mod:`primaldual.training.tune`). ``lm``: the language-model benchmark, MQAR and the text corpus x variants x
+seeds and the cost of generating (:mod:`primaldual.training.lm_benchmark`), then its report
+(:mod:`primaldual.analysis.lm_report`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +25,11 @@ from .files import atomic_write
 from .functional import PAPER_VARIANTS
 
 DEFAULT_OUTPUT = "results/uea-benchmark"
+LM_OUTPUT = "results/lm"
 
 
 def add_parsers(commands: Any) -> None:
-    """Add ``benchmark`` and ``tune`` to ``commands`` (an argparse subparsers action)."""
+    """Add ``benchmark``, ``tune`` and ``lm`` to ``commands`` (an argparse subparsers action)."""
     bench = commands.add_parser(
         "benchmark",
         help="every multivariate UEA set x variants x seeds, two protocols, MiniRocket, statistics",
@@ -111,10 +116,52 @@ def add_parsers(commands: Any) -> None:
         help="the search space: a mapping of option to its list of choices ('tokens': series cut into that many "
         "patches; default: d_model, depth, lr, dropout, tokens, epochs as in primaldual.training.tune.SPACE)",
     )
+    _add_lm_parser(commands)
+
+
+def _add_lm_parser(commands: Any) -> None:
+    from .training.lm_benchmark import DATASETS, GENERATION_TOKENS, VARIANTS
+
+    lm = commands.add_parser(
+        "lm",
+        help="language models: MQAR recall and text bits per byte x variants x seeds, the cost of generating",
+        description="Train a small Llama-architecture causal LM per variant and seed on multi-query associative "
+        "recall and on the bytes of the Python documentation, measure greedy generation with each variant's cache "
+        "beside SDPA + DynamicCache, and write runs.csv, summary.md, statistics.json and plots into --output. Run "
+        "again, it skips finished jobs and resumes interrupted runs; several processes may share one --output.",
+    )
+    lm.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS), metavar="NAME",
+                    help=f"datasets (default: {' '.join(DATASETS)})")  # fmt: skip
+    lm.add_argument("--attention", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+                    help=f"variants (default: {' '.join(VARIANTS)})")  # fmt: skip
+    lm.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="SEED", help="seeds (default: 0 1 2)")
+    lm.add_argument("--tokens", nargs="*", type=int, default=list(GENERATION_TOKENS), metavar="N",
+                    help="lengths of the generation measurements (default: 256 512 1024 2048; none: no measurement)")  # fmt: skip
+    lm.add_argument("--output", default=LM_OUTPUT, help=f"output folder (default: {LM_OUTPUT})")
+    lm.add_argument("--workers", type=int, default=1, help="processes running training jobs at once (default: 1)")
+    lm.add_argument("--config", metavar="FILE.yaml", help="options over the benchmark's settings for every run")
+    lm.add_argument("--report-only", action="store_true", help="write the report of the finished jobs only")
+
+
+def _run_lm(options: dict[str, Any]) -> None:
+    from .analysis.lm_report import lm_report
+    from .training.lm_benchmark import benchmark
+
+    output = options["output"]
+    if not options["report_only"]:
+        with _invocation(output):
+            benchmark(output, datasets=options["datasets"], variants=options["attention"], seeds=options["seeds"],
+                      tokens=options["tokens"], workers=options["workers"],
+                      overrides=_read_overrides(options["config"]), log=lambda line: print(line, flush=True))  # fmt: skip
+    made = _made(output)
+    print(f"report: {lm_report(output, command=made.get('command'), wall_seconds=made.get('wall_seconds'))}")
 
 
 def run(command: str, options: dict[str, Any]) -> None:
-    """Run ``benchmark`` or ``tune`` with the parsed ``options``."""
+    """Run ``benchmark``, ``tune`` or ``lm`` with the parsed ``options``."""
+    if command == "lm":
+        _run_lm(options)
+        return
     if command == "tune":
         from .training.tune import tune
 
@@ -126,39 +173,43 @@ def run(command: str, options: dict[str, Any]) -> None:
     from .data.uea import multivariate_sets
     from .training.benchmark import benchmark
 
-    started = time.monotonic()
     root = options["root"]
     datasets = options["datasets"] or (multivariate_sets(root) if root else _bundled_order(multivariate_sets()))
     overrides = _read_overrides(options["config"])
-    invocation = Path(options["output"]) / "invocation.json"
     if not options["report_only"]:
-        benchmark(
-            datasets,
-            options["attention"],
-            options["seeds"],
-            options["output"],
-            folds=options["folds"],
-            workers=options["workers"],
-            root=root,
-            overrides=overrides,
-            baselines=options["baselines"],
-            measure=head_measure,
-            log=lambda line: print(line, flush=True),
-        )
-        command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        atomic_write(
-            invocation,
-            json.dumps(
-                {
-                    "command": command_line,
-                    "wall_seconds": time.monotonic() - started,
-                    "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                }
-            ).encode(),
-        )
-    made = json.loads(invocation.read_text()) if invocation.is_file() else {}
+        with _invocation(options["output"]):
+            benchmark(
+                datasets,
+                options["attention"],
+                options["seeds"],
+                options["output"],
+                folds=options["folds"],
+                workers=options["workers"],
+                root=root,
+                overrides=overrides,
+                baselines=options["baselines"],
+                measure=head_measure,
+                log=lambda line: print(line, flush=True),
+            )
+    made = _made(options["output"])
     summary = benchmark_report(options["output"], command=made.get("command"), wall_seconds=made.get("wall_seconds"))
     print(f"report: {summary}")
+
+
+@contextmanager
+def _invocation(output: str) -> Iterator[None]:
+    """Record in ``output/invocation.json`` the command line and the wall time of the block, when it succeeds."""
+    started = time.monotonic()
+    yield
+    command_line = "primaldual " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    made = {"command": command_line, "wall_seconds": time.monotonic() - started,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
+    atomic_write(Path(output) / "invocation.json", json.dumps(made).encode())
+
+
+def _made(output: str) -> dict[str, Any]:
+    path = Path(output) / "invocation.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _bundled_order(names: list[str]) -> list[str]:

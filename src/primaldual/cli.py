@@ -58,7 +58,7 @@ def _add_config_options(parser: argparse.ArgumentParser, skip: Sequence[str] = (
         kwargs: dict[str, Any] = {"dest": field.name, "help": help}
         if hint is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif list[int] in args:
+        elif hint == list[int] or list[int] in args:
             kwargs.update(nargs="+", type=int, metavar="N")
         elif int in args and str in args:
             kwargs["type"] = _int_or_str
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Attention as a support vector expansion: train and compare "
         "transformers with softmax, linear, sparse, BN and SH attention.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,report,benchmark,tune}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,compare,report,benchmark,tune,lm}")
     variants = list(VARIANTS)
     train = commands.add_parser(
         "train",
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from .benchmark_cli import add_parsers
 
-    add_parsers(commands)  # benchmark, tune
+    add_parsers(commands)  # benchmark, tune, lm
     return parser
 
 
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(report(options.pop("runs"), options.pop("output"), **options))
             return 0
-        if command in ("benchmark", "tune"):
+        if command in ("benchmark", "tune", "lm"):
             from .benchmark_cli import run
 
             run(command, options)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from primaldual.training.benchmark import HELD, jobs
+from primaldual.training.benchmark import jobs
+from primaldual.training.jobs import HELD
 from tests.training.test_benchmark import TINY, write_toy
 
 DATASETS, VARIANTS, SEEDS, FOLDS = (

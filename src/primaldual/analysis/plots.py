@@ -153,3 +153,63 @@ def _save(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=100)
     return path
+
+
+def plot_lm_curves(records: Rows, path: str | Path) -> Path:
+    """Validation loss per epoch of the language-model runs, a panel per dataset, the mean over seeds per variant."""
+    datasets = sorted({r["dataset"] for r in records if "curve" in r})
+    fig = Figure(figsize=(5 * max(len(datasets), 1), 3.6), layout="constrained")
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(1, len(datasets), i + 1)
+        curves: dict[str, list[list[float]]] = {}
+        for record in records:
+            if record.get("dataset") == dataset and "curve" in record:
+                losses = [row["val_loss"] for row in record["curve"] if "val_loss" in row]
+                curves.setdefault(record["variant"], []).append(losses)
+        for (variant, runs), marker in zip(curves.items(), itertools.cycle(MARKERS)):
+            epochs = min(len(run) for run in runs)
+            mean = [sum(run[e] for run in runs) / len(runs) for e in range(epochs)]
+            ax.plot(range(1, epochs + 1), mean, marker=marker, label=f"{variant} ({len(runs)} seeds)")
+        ax.set(title=dataset, xlabel="epoch", ylabel="validation loss (nats / token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_mqar(cells: Rows, path: str | Path) -> Path:
+    """MQAR test accuracy against the number of pairs, a panel per length, a line per variant (mean over seeds)."""
+    lengths = sorted({c["length"] for c in cells})
+    fig = Figure(figsize=(3.4 * len(lengths), 3.4), layout="constrained")
+    variants = list(cells[0]["variants"])
+    for i, length in enumerate(lengths):
+        ax = fig.add_subplot(1, len(lengths), i + 1)
+        mine = [c for c in cells if c["length"] == length]
+        for variant, marker in zip(variants, itertools.cycle(MARKERS)):
+            ax.plot([c["pairs"] for c in mine], [100 * c["variants"][variant]["mean"] for c in mine],
+                    marker=marker, label=variant)  # fmt: skip
+        ax.set(title=f"{length} tokens", xlabel="key-value pairs", xscale="log", ylim=(-2, 102))
+        ax.set_xticks([c["pairs"] for c in mine], [str(c["pairs"]) for c in mine])
+        if i == 0:
+            ax.set_ylabel("test accuracy (%)")
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_quality_cache(
+    quality: Mapping[str, Mapping[str, float]], generation: Mapping[str, Any], path: str | Path
+) -> Path:
+    """Test bits per byte (mean over seeds) against cache bytes per token at ``generation["tokens"]``, one point
+    per variant: lower left is better."""
+    fig = Figure(figsize=(5, 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    for (variant, stats), marker in zip(quality.items(), itertools.cycle(MARKERS)):
+        size = generation["cache_bytes_per_token"].get(variant)
+        if size is not None:
+            ax.errorbar(size, stats["mean"], yerr=_nan_if_none(stats.get("std")), marker=marker, label=variant,
+                        capsize=3, linestyle="none")  # fmt: skip
+    ax.set(xscale="log", xlabel=f"cache bytes per token after {generation['tokens']} tokens",
+           ylabel="test bits per byte")  # fmt: skip
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

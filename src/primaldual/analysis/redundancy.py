@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -170,19 +170,64 @@ def head_redundancy(model: nn.Module, batch: Batch) -> dict[str, Any]:
 
 
 def _layer_redundancy(record: AttentionRecord) -> dict[str, Any]:
+    l2, cosine = _pair_statistics(lambda b: record.weights(b)[0], record.heads, record.valid_queries())
     heads = record.q.shape[1]
-    first, second = torch.triu_indices(heads, heads, 1, device=record.q.device)
-    distances, cosines = [], []
-    for b, valid in enumerate(record.valid_queries()):  # one sample at a time: (H, N, N) weights in memory
-        rows = record.weights(b)[0].transpose(0, 1)[valid]  # (valid queries, H, Nk)
-        # the exact distance: the matmul shortcut of cdist would turn rounding into distances of ~1e-4
-        distances.append(torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist")[:, first, second])
-        outputs = F.normalize(record.heads[b].transpose(0, 1)[valid], dim=-1)  # (valid queries, H, Dv)
-        cosines.append((outputs @ outputs.transpose(1, 2))[:, first, second])
     return {
         "layer": record.name,
         "attention": record.layer.variant,
         "heads": heads,
-        "l2_distance": torch.cat(distances).mean().item(),
-        "cosine_similarity": torch.cat(cosines).mean().item(),
+        "l2_distance": l2,
+        "cosine_similarity": cosine,
+    }
+
+
+def _pair_statistics(weights: Callable[[int], Tensor], heads: Tensor, valid: Tensor) -> tuple[float, float]:
+    """Mean pairwise L2 distance of the heads' weights and cosine similarity of their outputs, over the valid
+    queries: ``weights(b)`` ``(H, N, Nk)`` of sample b; heads ``(B, H, N, Dv)``; valid ``(B, N)`` bool."""
+    count = heads.shape[1]
+    first, second = torch.triu_indices(count, count, 1, device=heads.device)
+    distances, cosines = [], []
+    for b, ok in enumerate(valid):  # one sample at a time: (H, N, N) weights in memory
+        rows = weights(b).transpose(0, 1)[ok]  # (valid queries, H, Nk)
+        # the exact distance: the matmul shortcut of cdist would turn rounding into distances of ~1e-4
+        distances.append(torch.cdist(rows, rows, compute_mode="donot_use_mm_for_euclid_dist")[:, first, second])
+        outputs = F.normalize(heads[b].transpose(0, 1)[ok], dim=-1)  # (valid queries, H, Dv)
+        cosines.append((outputs @ outputs.transpose(1, 2))[:, first, second])
+    return torch.cat(distances).mean().item(), torch.cat(cosines).mean().item()
+
+
+def causal_lm_redundancy(model: nn.Module, input_ids: Tensor) -> dict[str, Any]:
+    """:func:`head_redundancy` of a Hugging Face decoder whose attention is ``"primaldual-<variant>"``, on
+    ``input_ids`` ``(B, N)`` (no padding): the causal weights from ``output_attentions`` (SH's pooled weights spread
+    over the keys they pool), the heads' outputs from the input of each attention's ``o_proj``. Same keys as
+    :func:`head_redundancy`; ``layer``: the attention module's name."""
+    modules = [(name, m) for name, m in model.named_modules() if hasattr(m, "o_proj") and hasattr(m, "q_proj")]
+    if not modules:
+        raise ValueError("model has no attention module with q_proj and o_proj (a Hugging Face decoder)")
+    outputs: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        return lambda module, args: outputs.__setitem__(name, args[0].detach())
+
+    handles = [m.o_proj.register_forward_pre_hook(keep(name)) for name, m in modules]
+    try:
+        with _eval(model):
+            weights = model(input_ids=input_ids, output_attentions=True).attentions
+    finally:
+        for handle in handles:
+            handle.remove()
+    valid = torch.ones(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+    variant = getattr(model.config, "_attn_implementation", None)
+    layers = []
+    for (name, _), w in zip(modules, weights):
+        b, n, _ = outputs[name].shape
+        heads = outputs[name].view(b, n, w.shape[1], -1).transpose(1, 2)
+        l2, cosine = _pair_statistics(lambda i, w=w: w[i].float(), heads.float(), valid)
+        layers.append(
+            {"layer": name, "attention": variant, "heads": w.shape[1], "l2_distance": l2, "cosine_similarity": cosine}
+        )
+    return {
+        "layers": layers,
+        "l2_distance": statistics.fmean(row["l2_distance"] for row in layers),
+        "cosine_similarity": statistics.fmean(row["cosine_similarity"] for row in layers),
     }

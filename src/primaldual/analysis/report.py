@@ -255,7 +255,7 @@ def _data(run: Run, datasets: dict) -> Any:
     """The run's data as training loaded it, loaded once per set of data options into ``datasets``."""
     from ..training.tasks import DATA_OPTIONS, load_data
 
-    key = tuple(getattr(run.config, name) for name in DATA_OPTIONS)
+    key = tuple(json.dumps(getattr(run.config, name)) for name in DATA_OPTIONS)  # lists too
     if key not in datasets:
         datasets[key] = load_data(run.config)
     return datasets[key]

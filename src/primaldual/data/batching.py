@@ -91,8 +91,11 @@ class LengthGroupedSampler(Sampler[int]):
 
 def trim_padding(items: list[tuple[Tensor, ...]]) -> tuple[Tensor, ...]:
     """Collate ``(x, key_padding_mask, y)`` items, then cut x and the mask after the last step that any sequence of
-    the batch uses (at least one step): x ``(B, N, ...)``, mask ``(B, N)`` -> ``(B, N', ...)``, ``(B, N')``."""
+    the batch uses (at least one step): x ``(B, N, ...)``, mask ``(B, N)`` -> ``(B, N', ...)``, ``(B, N')``; labels
+    per step (y ``(B, N)``, a language model's) are cut with them, labels per sequence (y ``(B,)``) kept whole."""
     x, mask, y = default_collate(items)
     used = (~mask).any(0).nonzero()
     steps = int(used.max()) + 1 if len(used) else 1
+    if y.shape == mask.shape:
+        y = y[:, :steps]
     return x[:, :steps], mask[:, :steps], y

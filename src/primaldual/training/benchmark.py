@@ -17,11 +17,8 @@ The protocols (:func:`protocol_accuracies`): *train-only* is the test accuracy a
 K validation curves is highest (the latest such epoch), chosen without the test file; *test-selected* is the best
 test accuracy over epochs, the Time-Series-Library protocol behind published UEA numbers (an upper bound).
 
-Every job is skipped when its record exists (a killed benchmark resumes where it stopped) and is run under
-:func:`~primaldual.files.folder_lock`, so several benchmark processes may share one output folder: a process passes
-over the jobs another one holds, then comes back to each, waiting for its lock, and runs it if its holder died
-without a record (a killed process never leaves a lock held). A record holds the options it was made with; a record
-made with other options is an error, not a silent mix.
+The jobs run on :mod:`.jobs` (resumable, shared by processes, workers). A record holds the options it was made
+with; a record made with other options is an error, not a silent mix.
 """
 
 from __future__ import annotations
@@ -30,11 +27,8 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from functools import lru_cache
-from multiprocessing import get_context
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +39,10 @@ from torch.utils.data import DataLoader
 
 from ..data.sequences import SequenceData, SequenceSplit
 from ..data.uea import load_uea
-from ..files import atomic_write, folder_lock
 from ..functional import PAPER_VARIANTS
 from .config import TrainConfig
 from .epochs import EpochEvaluation
+from .jobs import run_jobs
 from .module import Classifier
 from .run import lightning_output
 from .tasks import build_model
@@ -107,6 +101,10 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.kind}-{self.index}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.method} {self.name}"
 
     def folder(self, output: str | Path) -> Path:
         return Path(output) / "records" / self.dataset / self.method / self.name
@@ -274,39 +272,21 @@ def run_baseline(job: Job, root: str | None) -> dict[str, Any]:
     }
 
 
-def run_job(
+def execute(
     job: Job,
-    output: str | Path,
     overrides: Mapping[str, Any] | None = None,
     root: str | None = None,
     folds: int = 3,
     measure: Measure | None = None,
-    wait: bool = False,
-) -> str:
-    """Run ``job`` unless its record exists or (without ``wait``) another process holds it, in which case the line
-    ends with :data:`HELD`; with ``wait``, wait for the holder; returns what happened, one line."""
-    folder = job.folder(output)
-    path = folder / "record.json"
-    name = f"{job.dataset} {job.method} {job.name}"
-    with folder_lock(folder, wait=wait) as held:
-        if not held:
-            return f"{name}: {HELD}"
-        if path.is_file():
-            return f"{name}: done already"
-        started = time.perf_counter()
-        if job.method in BASELINES:
-            result = run_baseline(job, root)
-        elif job.kind == "cv":
-            result = run_cv(job, overrides or {}, root, folds)
-        else:
-            result = run_seed(job, overrides or {}, root, measure)
-        record = {"dataset": job.dataset, "method": job.method, "kind": job.kind, "index": job.index, **result}
-        atomic_write(path, json.dumps(record, indent=1).encode())
-        return f"{name}: {time.perf_counter() - started:.1f} s"
-
-
-#: How :func:`run_job` ends the line of a job that another process holds.
-HELD = "another process holds it; coming back to it later"
+) -> dict[str, Any]:
+    """The record of ``job``: its fields and what its run gives (see the module's table)."""
+    if job.method in BASELINES:
+        result = run_baseline(job, root)
+    elif job.kind == "cv":
+        result = run_cv(job, overrides or {}, root, folds)
+    else:
+        result = run_seed(job, overrides or {}, root, measure)
+    return {"dataset": job.dataset, "method": job.method, "kind": job.kind, "index": job.index, **result}
 
 
 def check_records(output: str | Path, overrides: Mapping[str, Any] | None, root: str | None) -> None:
@@ -343,27 +323,10 @@ def benchmark(
     second waits for each of them and runs it if it is still without a record (its holder was killed), so every job
     has its record when this returns, whichever processes died on the way.
     """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
     todo = jobs(datasets, variants, seeds, folds, baselines)
     check_records(output, overrides, root)
-    arguments = (output, dict(overrides or {}), root, folds, measure)
-    index = list(range(len(todo)))
-    for wait in (False, True):  # the second pass: the jobs others held in the first, waiting for each
-        if not index:
-            break
-        pending = [todo[i] for i in index]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else nullcontext() as pool:
-            if pool is None:
-                lines = (run_job(job, *arguments, wait) for job in pending)
-            else:
-                lines = pool.map(run_job, pending, *zip(*[(*arguments, wait)] * len(pending)))
-            held = []
-            for i, line in zip(index, lines):
-                log(f"[{i + 1}/{len(todo)}] {line}")
-                if line.endswith(HELD):
-                    held.append(i)
-        index = held
+    work = partial(execute, overrides=dict(overrides or {}), root=root, folds=folds, measure=measure)
+    run_jobs(todo, output, work, workers=workers, log=log)
     return todo
 
 

@@ -18,6 +18,10 @@ listops     dataset (listops, listops-tsv), root,        d_model, depth, num_hea
             max_length (listops)
 pixels      dataset (fashion-mnist, cifar10), root,       d_model, depth, num_heads, mlp_ratio, dropout,
             val_fraction, max_train_samples              pooling
+lm          dataset (text, mqar); text: root, context,   d_model, depth, num_heads, mlp_ratio, dropout (on
+            max_train_samples (windows per epoch),       the attention weights): a Llama-architecture
+            num_val; mqar: mqar_pairs, mqar_lengths,     causal LM (:func:`~primaldual.models.causal_lm`)
+            num_train, num_val, num_test
 ==========  ===========================================  ===================================================
 
 The attention options (attention, scales, window, eps, mean_weight) and the optimisation, trainer and output
@@ -38,12 +42,13 @@ import yaml
 from ..functional import VARIANTS, AttentionOptions, get_variant
 from ..models.vit import PRESETS
 
-TASKS = ("timeseries", "image", "listops", "pixels")
+TASKS = ("timeseries", "image", "listops", "pixels", "lm")
 # the datasets of each task but timeseries (whose dataset is any UEA name)
 TASK_DATASETS = {
     "image": ("fashion-mnist", "imagefolder"),
     "listops": ("listops", "listops-tsv"),
     "pixels": ("fashion-mnist", "cifar10"),
+    "lm": ("text", "mqar"),
 }
 ROOT_REQUIRED = ("imagefolder", "listops-tsv", "cifar10")  # datasets with no default folder (task not timeseries)
 TOKEN_TASKS = ("listops", "pixels")  # token ids, embedded one per position
@@ -51,6 +56,8 @@ TOKEN_TASKS = ("listops", "pixels")  # token ids, embedded one per position
 
 def _option(default: Any, help: str, **cli: Any) -> Any:
     """A dataclass field whose metadata holds its command-line help (and argparse extras such as ``choices``)."""
+    if isinstance(default, list):  # a fresh list per config; the help then states the default itself
+        return field(default_factory=default.copy, metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
 
 
@@ -63,7 +70,8 @@ class TrainConfig:
         "timeseries",
         "what to train on: timeseries (UEA classification), image (ViT on images), "
         "listops (LRA ListOps token sequences), pixels (grey-level token sequences: "
-        "Fashion-MNIST's 784, or sequential CIFAR-10's 1024: LRA's Image task)",
+        "Fashion-MNIST's 784, or sequential CIFAR-10's 1024: LRA's Image task), lm (a causal language "
+        "model: next bytes of the Python documentation, or multi-query associative recall)",
         choices=TASKS,
     )
     dataset: str = _option(
@@ -72,7 +80,8 @@ class TrainConfig:
         "--root); image: fashion-mnist or imagefolder; listops: listops "
         "(generated) or listops-tsv (LRA's basic_{train,val,test}.tsv); "
         "pixels: fashion-mnist or cifar10 (sequential CIFAR-10 in grey levels, "
-        "LRA's Image task)",
+        "LRA's Image task); lm: text (bytes of the Python 3.11 documentation's sources) or mqar "
+        "(multi-query associative recall, generated)",
     )
     root: str | None = _option(
         None,
@@ -83,7 +92,8 @@ class TrainConfig:
         "layout; val/ is the test split); listops: the generated data's cache "
         "(default: runs/data/listops); listops-tsv (required): LRA's TSV files; "
         "cifar10 (required): the folder cifar-10-batches-bin of CIFAR-10's binary "
-        "version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent",
+        "version (data_batch_1.bin .. data_batch_5.bin, test_batch.bin) or its parent; lm text: the "
+        "documents' folder (default: /usr/share/doc/python3.11/html/_sources, Debian package python3.11-doc)",
     )
     val_fraction: float = _option(
         0.2,
@@ -112,15 +122,29 @@ class TrainConfig:
         None,
         "train on a random stratified subset of this many samples of the "
         "training split, before the validation split is held out (image, "
-        "pixels; for quick runs) (default: all)",
+        "pixels; for quick runs); lm text: training windows per epoch, drawn anew each epoch "
+        "from all of them (default: all)",
     )
-    num_train: int = _option(96_000, "generated ListOps: training expressions (LRA: 96000)")
-    num_val: int = _option(2_000, "generated ListOps: validation expressions (LRA: 2000)")
-    num_test: int = _option(2_000, "generated ListOps: test expressions (LRA: 2000)")
+    num_train: int = _option(
+        96_000, "generated ListOps: training expressions (LRA: 96000); mqar: training sequences, shared by the cells"
+    )
+    num_val: int = _option(
+        2_000,
+        "generated ListOps: validation expressions (LRA: 2000); mqar: validation sequences per cell; "
+        "lm text: validation windows",
+    )
+    num_test: int = _option(2_000, "generated ListOps: test expressions (LRA: 2000); mqar: test sequences per cell")
     min_length: int = _option(500, "generated ListOps: fewest tokens of an expression (LRA: 500)")
     max_length: int = _option(
         2_000, "generated ListOps: most tokens of an expression, and the padded length (LRA: 2000)"
     )
+    context: int = _option(256, "lm text: bytes per window (training, validation and test)")
+    mqar_pairs: list[int] = _option(
+        [4, 8, 16, 32, 64],
+        "mqar: numbers of key-value pairs; the cells are pairs x lengths with 4·pairs <= length "
+        "(default: 4 8 16 32 64)",
+    )
+    mqar_lengths: list[int] = _option([64, 128, 256, 512], "mqar: sequence lengths, even (default: 64 128 256 512)")
     bucket_by_length: bool = _option(
         False,
         "batch sequences of similar length together (sorted within shuffled "
@@ -234,6 +258,7 @@ class TrainConfig:
             "num_train",
             "num_test",
             "max_length",
+            "context",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"config option {name} must be >= 1, got {getattr(self, name)}")
@@ -259,6 +284,10 @@ class TrainConfig:
             raise ValueError(f"config option patience must be >= 1 (or unset), got {self.patience}")
         if self.max_train_samples is not None and self.max_train_samples < 1:
             raise ValueError(f"config option max_train_samples must be >= 1 (or unset), got {self.max_train_samples}")
+        if self.task == "lm" and self.dataset == "mqar":
+            from ..data.language import mqar_cells
+
+            mqar_cells(self.mqar_pairs, self.mqar_lengths)  # a ValueError when no cell fits
         if self.min_length > self.max_length:
             raise ValueError(f"config option min_length ({self.min_length}) must be <= max_length ({self.max_length})")
         if self.d_model % self.num_heads:

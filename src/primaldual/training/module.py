@@ -4,6 +4,10 @@
 AdamW; learning rate warmed up linearly for ``warmup_epochs`` then decayed by a cosine to 0, stepped per
 batch; cross-entropy; accuracy from torchmetrics, logged per epoch as ``{train,val,test}_{loss,acc}`` and
 ``lr`` (the epoch's mean).
+
+``LanguageModel``: the same engine for a causal LM (``model(input_ids=x).logits``): every position's next-token
+cross-entropy and accuracy, over the labelled positions only (labels ``IGNORE`` = -100 elsewhere), each position
+counting once in the epoch's means.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+
+from ..data.language import IGNORE
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -46,7 +52,7 @@ class Classifier(L.LightningModule):
         self._compiled = self._compile()
         self.lr, self.weight_decay, self.warmup_epochs = lr, weight_decay, warmup_epochs
         for stage in ("train", "val", "test"):  # torchmetrics: exact under DDP, where each process sees a shard
-            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro"))
+            setattr(self, f"{stage}_acc", MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE))
             setattr(self, f"{stage}_loss", MeanMetric())
 
     def _compile(self) -> Any:
@@ -79,13 +85,17 @@ class Classifier(L.LightningModule):
         model = self._compiled or self.model
         return model(x) if key_padding_mask is None else model(x, key_padding_mask)
 
-    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+    def scores(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """``(logits (n, classes), labels (n,))`` of a batch: one row per classified item."""
         *inputs, y = batch
-        logits = self(*inputs)
-        loss = F.cross_entropy(logits, y)
+        return self(*inputs), y
+
+    def _step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        logits, y = self.scores(batch)
+        loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
         accuracy, mean_loss = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_loss")
         accuracy(logits, y)
-        mean_loss(loss.detach(), len(y))
+        mean_loss(loss.detach(), (y != IGNORE).sum())
         options = dict(on_step=False, on_epoch=True, batch_size=len(y), prog_bar=stage != "test")
         self.log(f"{stage}_loss", mean_loss, **options)
         self.log(f"{stage}_acc", accuracy, **options)
@@ -127,6 +137,21 @@ class Classifier(L.LightningModule):
         scheduler = self.lr_schedulers()
         for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
+
+
+class LanguageModel(Classifier):
+    """A :class:`Classifier` of next tokens: batches ``(ids (B, N), key_padding_mask (B, N), labels (B, N))``, each
+    labelled position one classified item. The mask is not passed: the model is causal and the data right-padded,
+    so no valid position sees a padded one (their labels are ``IGNORE``)."""
+
+    def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The logits ``(B, N, vocab)`` of ``model(input_ids=x)``."""
+        model = self._compiled or self.model
+        return model(input_ids=x.long()).logits
+
+    def scores(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        x, _, y = batch
+        return self(x).flatten(0, 1), y.flatten()
 
 
 class RngState(Callback):

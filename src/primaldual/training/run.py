@@ -44,7 +44,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import save as safetensors_bytes
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from .. import tables
 from ..data.batching import LengthGroupedSampler, trim_padding
@@ -59,7 +59,7 @@ from .checkpoints import (
 )
 from .config import TrainConfig
 from .memory import peak_memory, reset_peak_memory
-from .module import Classifier, RngState
+from .module import Classifier, LanguageModel, RngState
 from .progress import RunProgress
 from .tasks import build_model, load_data  # the task-specific parts; train and compare serve every task
 
@@ -120,7 +120,7 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
 
     data = load_data(config)
     model = build_model(config, data)
-    module = Classifier.for_config(model, data.num_classes, config)
+    module = (LanguageModel if config.task == "lm" else Classifier).for_config(model, data.num_classes, config)
     if resume:  # before anything is written: a refused resume leaves the run as it was
         check_resume(load_checkpoint(last), last, config, module)
         if rank_zero_only.rank == 0:  # the lock's holder: a temporary file here is a killed writer's
@@ -150,10 +150,16 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
     )
     peak = peak_memory(trainer.strategy.root_device)
     best = load_checkpoint(checkpoint.best_model_path)
+    best_row = next((row for row in rows if row["epoch"] == best["epoch"]), {})
     metrics: dict[str, Any] = {
         "test_accuracy": trainer.callback_metrics["test_acc"].item(),
         "test_loss": trainer.callback_metrics["test_loss"].item(),
-        "val_accuracy": checkpoint.best_model_score.item() if has_val else None,
+        "val_accuracy": (
+            checkpoint.best_model_score.item() if checkpoint.monitor == "val_acc" else best_row.get("val_acc")
+        )
+        if has_val
+        else None,
+        "val_loss": best_row.get("val_loss") if has_val else None,
         "monitor": checkpoint.monitor,
         "best_epoch": best["epoch"],
         "epochs": epochs,
@@ -163,6 +169,8 @@ def _train(config: TrainConfig, resume: bool, callbacks: Sequence[Callback], ver
         "params": sum(p.numel() for p in model.parameters()),
         "world_size": trainer.world_size,
     }
+    if config.task == "lm":  # nats per token -> bits per token (text: bits per byte)
+        metrics["test_bits_per_token"] = metrics["test_loss"] / math.log(2)
     if trainer.world_size > 1:  # DDP keeps replicas identical: record each process's final weights to show it
         metrics["replica_checksums"] = checksums
     if trainer.is_global_zero:
@@ -176,6 +184,8 @@ def _trainer(
     """The Lightning Trainer of ``config`` and the callbacks ``train`` reads after fitting."""
     output = Path(config.output)
     monitor, mode = ("val_acc", "max") if has_val else ("train_loss", "min")
+    if config.task == "lm" and has_val:  # a language model's quality is its loss (bits per token)
+        monitor, mode = "val_loss", "min"
     # saved at the end of the training epoch, after EpochLog has its row: a checkpoint holds every finished epoch
     checkpoint = LatestBestCheckpoint(
         output / "checkpoints", "best", monitor=monitor, mode=mode, save_last=True, save_on_train_epoch_end=True
@@ -220,6 +230,9 @@ def _loader(split: Any, name: str, config: TrainConfig, trainer: L.Trainer) -> D
         return DataLoader(
             dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding, num_workers=config.num_workers
         )
+    if train and config.task == "lm" and config.max_train_samples is not None:  # a new draw of windows per epoch
+        sampler = RandomSampler(dataset, num_samples=min(config.max_train_samples, len(dataset)))
+        return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.num_workers)
     if train or trainer.world_size == 1:
         return DataLoader(dataset, config.batch_size, shuffle=train, num_workers=config.num_workers)
     sampler = UnrepeatedDistributedSampler(dataset, trainer.world_size, trainer.global_rank, shuffle=False)

@@ -11,6 +11,8 @@ listops     generated ListOps (or LRA's TSV files):             :class:`Sequence
 pixels      grey-level tokens, row-major: Fashion-MNIST's 784   :class:`SequenceClassifier` on token ids
             or CIFAR-10's 1024 (LRA's Image task, from the
             binary batches in ``root``): ``(ids, mask, y)``
+lm          :mod:`..data.language`: bytes of the text corpus    :func:`~..models.causal_lm.causal_lm`, a Llama-
+            or MQAR: ``(ids (N,), mask (N,), labels (N,))``     architecture causal LM with the variant
 ==========  ==================================================  ===============================================
 
 Every split has ``len()`` and ``to_dataset()``; the training engine batches it as it is (images without a mask:
@@ -48,11 +50,13 @@ from ..data.images import (
     load_fashion_mnist,
     pixel_sequence,
 )
+from ..data.language import LanguageData, mqar_data, text_data
 from ..data.listops import load_listops, load_listops_tsv
 from ..data.sequences import SequenceData, SequenceSplit, TokenData, TokenSplit
 from ..data.splits import stratified_split
 from ..data.uea import load_uea
 from ..models import SequenceClassifier
+from ..models.causal_lm import causal_lm
 from ..models.vit import PRESETS, vision_transformer
 from .config import TOKEN_TASKS, TrainConfig
 
@@ -76,10 +80,13 @@ DATA_OPTIONS = (
     "max_length",
     "seed",
     "model",
+    "context",
+    "mqar_pairs",
+    "mqar_lengths",
 )
 
 
-TaskData = SequenceData | TokenData | ImageDatasets
+TaskData = SequenceData | TokenData | ImageDatasets | LanguageData
 
 
 def load_data(config: TrainConfig) -> TaskData:
@@ -97,6 +104,10 @@ def load_data(config: TrainConfig) -> TaskData:
         return _image_folder(config) if config.dataset == "imagefolder" else _fashion_mnist(config)
     if config.task == "pixels":
         return _pixels(config)
+    if config.task == "lm":
+        if config.dataset == "text":
+            return text_data(config.context, config.num_val, root=config.root)
+        return mqar_data(config.mqar_pairs, config.mqar_lengths, config.num_train, config.num_val, config.num_test)
     return _listops(config)
 
 
@@ -119,6 +130,16 @@ def build_model(config: TrainConfig, data: TaskData) -> nn.Module:
             proj_drop_rate=config.dropout,
             attn_drop_rate=config.dropout,
             drop_path_rate=config.drop_path,
+        )
+    if config.task == "lm":
+        return causal_lm(
+            data.vocab_size,
+            config.attention_options(),
+            d_model=config.d_model,
+            depth=config.depth,
+            num_heads=config.num_heads,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
         )
     tokens = config.task in TOKEN_TASKS
     return SequenceClassifier(
