@@ -38,7 +38,9 @@ from ..data.language import LanguageSplit
 from .config import TrainConfig
 from .jobs import run_jobs
 
-#: The model and optimisation of every run: the same size, steps and schedule for every variant.
+#: The model and optimisation of every run: the same size, steps and schedule for every variant. Chosen on
+#: validation data only, with softmax (docs/results.md): width 128 learns MQAR within the budget where 64 does not;
+#: the learning rate of each dataset is the better of 1e-3 and 3e-3 on its validation loss.
 SETTINGS: dict[str, Any] = {
     "task": "lm",
     "d_model": 128,
@@ -46,7 +48,6 @@ SETTINGS: dict[str, Any] = {
     "num_heads": 4,
     "mlp_ratio": 4.0,
     "dropout": 0.0,
-    "lr": 1e-3,
     "weight_decay": 0.1,
     "warmup_epochs": 0.5,
     "grad_clip": 1.0,
@@ -66,14 +67,16 @@ DATASETS: dict[str, dict[str, Any]] = {
         "bucket_by_length": True,
         "batch_size": 16,
         "epochs": 4,
+        "lr": 1e-3,
     },
     "text": {
         "dataset": "text",
         "context": 256,
-        "max_train_samples": 2560,
+        "max_train_samples": 2240,
         "num_val": 256,
         "batch_size": 16,
         "epochs": 4,
+        "lr": 3e-3,
     },
 }
 #: The variants of the benchmark. linear-bn is left out: its causal form has no linear-time evaluation and costs
