@@ -7,7 +7,8 @@ text        :mod:`.text`'s document split, cut into non-overlapping windows of `
             next byte, every position labelled); training: a random subset of ``max_train_samples`` windows
             (default: all); validation: ``num_val`` random windows; test: every window of the test documents
 mqar        :mod:`.recall`, every cell ``(pairs, length)`` with ``4·pairs <= length``: ``num_train`` training
-            sequences in all (shared evenly by the cells), ``num_val`` validation, ``num_test`` test sequences per
+            sequences in all, shared by the cells so that each has the same number of tokens (a cell of 64 tokens
+            4 times the sequences of a cell of 256), ``num_val`` validation and ``num_test`` test sequences per
             cell; right-padded to the longest length (labels ``IGNORE`` at padding)
 ==========  =======================================================================================================
 
@@ -126,13 +127,18 @@ def mqar_vocab(lengths: list[int]) -> int:
 def mqar_data(pairs: list[int], lengths: list[int], num_train: int, num_val: int, num_test: int) -> LanguageData:
     """MQAR's cells (see the module's table)."""
     cells, vocab, longest = mqar_cells(pairs, lengths), mqar_vocab(lengths), max(lengths)
-    counts = {"train": max(1, num_train // len(cells)), "val": num_val, "test": num_test}
+    share = sum(1 / n for _, n in cells)
+    counts = {
+        "train": [max(1, round(num_train / n / share)) for _, n in cells],  # the same tokens in every cell
+        "val": [num_val] * len(cells),
+        "test": [num_test] * len(cells),
+    }
 
     def split(index: int, name: str) -> LanguageSplit:
         parts = []
         for c, (p, n) in enumerate(cells):
             seed = DATA_SEED + 1000 * index + c  # one generator per split and cell
-            inputs, labels = recall.mqar(counts[name], n, p, vocab, seed)
+            inputs, labels = recall.mqar(counts[name][c], n, p, vocab, seed)
             pad = longest - n
             x = torch.nn.functional.pad(inputs, (0, pad))
             y = torch.nn.functional.pad(labels, (0, pad), value=IGNORE)

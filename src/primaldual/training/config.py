@@ -126,7 +126,9 @@ class TrainConfig:
         "from all of them (default: all)",
     )
     num_train: int = _option(
-        96_000, "generated ListOps: training expressions (LRA: 96000); mqar: training sequences, shared by the cells"
+        96_000,
+        "generated ListOps: training expressions (LRA: 96000); mqar: training sequences in all, shared by the "
+        "cells so that each has the same number of tokens",
     )
     num_val: int = _option(
         2_000,

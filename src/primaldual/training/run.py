@@ -371,7 +371,9 @@ def _train_or_reuse(
     output = Path(config.output)
     name = f"{config.attention} seed {config.seed}"
     if rank_zero_only.rank != 0:  # DDP: the first process holds the lock for all
-        return _reuse(config) or train(config, resume=(output / "checkpoints" / "last.ckpt").is_file(), verbose=verbose)
+        return finished_metrics(config) or train(
+            config, resume=(output / "checkpoints" / "last.ckpt").is_file(), verbose=verbose
+        )
     with folder_lock(output, wait=False) as held:
         if held:
             return _under_lock(config, label, name, progress, verbose)
@@ -386,7 +388,7 @@ def _train_or_reuse(
 def _under_lock(config: TrainConfig, label: str, name: str, progress: RunProgress, verbose: bool) -> dict[str, Any]:
     """:func:`_train_or_reuse` once the run's folder is locked by this process."""
     output = Path(config.output)
-    reused = _reuse(config)
+    reused = finished_metrics(config)
     if reused is not None:
         progress.line(f"{label} {name}: {_result(reused)}; finished already: reusing {output / 'metrics.json'}")
         progress.finished(config)
@@ -401,7 +403,7 @@ def _under_lock(config: TrainConfig, label: str, name: str, progress: RunProgres
     return metrics
 
 
-def _reuse(config: TrainConfig) -> dict[str, Any] | None:
+def finished_metrics(config: TrainConfig) -> dict[str, Any] | None:
     """The metrics of a finished run in ``config.output`` with ``config``'s options, None if there is none; a
     ValueError if a finished run there has other options."""
     output = Path(config.output)
