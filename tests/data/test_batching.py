@@ -149,3 +149,15 @@ def test_training_with_grouping(tmp_path: Path) -> None:
 def test_grouping_is_refused_for_images() -> None:
     with pytest.raises(ValueError, match="bucket_by_length applies to sequences"):
         TrainConfig(task="image", dataset="fashion-mnist", bucket_by_length=True)
+
+
+def test_a_sample_count_draws_a_new_subset_each_epoch() -> None:
+    lengths = torch.randint(1, 50, (100,), generator=torch.Generator().manual_seed(0))
+    sampler = LengthGroupedSampler(lengths, 8, seed=3, num_samples=30)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert len(first) == len(second) == len(sampler) == 30
+    assert len(set(first)) == 30 and set(first) != set(second)  # no repeat within an epoch, a new draw after
+    with pytest.raises(ValueError, match="num_samples"):
+        LengthGroupedSampler(lengths, 8, num_samples=0)

@@ -27,6 +27,7 @@ class LengthGroupedSampler(Sampler[int]):
     epoch, drawn from ``seed + epoch`` (``set_epoch``, which Lightning calls on a DataLoader's sampler), so every
     process draws the same one and a resumed run the one an uninterrupted run draws; each process then gets the
     same number of batches (full batches repeated where needed, as torch's DistributedSampler repeats samples).
+    ``num_samples`` (with ``shuffle``): each epoch groups a new random subset of that many sequences (default: all).
     Without ``shuffle`` (evaluation): sorted by length, and no sample repeated.
     The one batch smaller than ``batch_size`` (``n % batch_size`` samples, if any) comes last.
     """
@@ -41,6 +42,7 @@ class LengthGroupedSampler(Sampler[int]):
         chunk_batches: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        num_samples: int | None = None,
     ) -> None:
         self.lengths = torch.as_tensor(lengths)
         if self.lengths.dim() != 1 or self.lengths.is_floating_point():
@@ -58,6 +60,9 @@ class LengthGroupedSampler(Sampler[int]):
             raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank}")
         self.batch_size, self.shuffle, self.seed, self.chunk_batches = batch_size, shuffle, seed, chunk_batches
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+        if num_samples is not None and num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1 (or None: all), got {num_samples}")
+        self.num_samples = num_samples
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,7 +74,8 @@ class LengthGroupedSampler(Sampler[int]):
             batches = list(torch.argsort(self.lengths, descending=True, stable=True).split(size))
             return batches[self.rank :: self.num_replicas]
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator)[: self.num_samples]
+        n = len(order)
         full = n - n % size  # chunks of whole batches; the partial one is kept for the end
         batches = []
         for start in range(0, full, size * self.chunk_batches):

@@ -18,8 +18,8 @@ listops     dataset (listops, listops-tsv), root,        d_model, depth, num_hea
             max_length (listops)
 pixels      dataset (fashion-mnist, cifar10), root,       d_model, depth, num_heads, mlp_ratio, dropout,
             val_fraction, max_train_samples              pooling
-lm          dataset (text, mqar); text: root, context,   d_model, depth, num_heads, mlp_ratio, dropout (on
-            max_train_samples (windows per epoch),       the attention weights): a Llama-architecture
+lm          dataset (text, mqar); max_train_samples      d_model, depth, num_heads, mlp_ratio, dropout (on
+            (sequences per epoch); text: root, context,  the attention weights): a Llama-architecture
             num_val; mqar: mqar_pairs, mqar_lengths,     causal LM (:func:`~primaldual.models.causal_lm`)
             num_train, num_val, num_test
 ==========  ===========================================  ===================================================
@@ -122,7 +122,7 @@ class TrainConfig:
         None,
         "train on a random stratified subset of this many samples of the "
         "training split, before the validation split is held out (image, "
-        "pixels; for quick runs); lm text: training windows per epoch, drawn anew each epoch "
+        "pixels; for quick runs); lm: training sequences per epoch, drawn anew each epoch "
         "from all of them (default: all)",
     )
     num_train: int = _option(

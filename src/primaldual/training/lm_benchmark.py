@@ -61,12 +61,13 @@ DATASETS: dict[str, dict[str, Any]] = {
         "dataset": "mqar",
         "mqar_pairs": [4, 8, 16, 32, 64],
         "mqar_lengths": [64, 128, 256],
-        "num_train": 5000,  # 800, 400 and 200 per cell of 64, 128 and 256 tokens
+        "num_train": 24000,  # 3840, 1920 and 960 per cell of 64, 128 and 256 tokens
+        "max_train_samples": 6000,  # a new draw from them each epoch: a sequence is seen about once
         "num_val": 16,
         "num_test": 64,
         "bucket_by_length": True,
         "batch_size": 16,
-        "epochs": 6,
+        "epochs": 5,
         "lr": 1e-3,
     },
     "text": {

@@ -218,6 +218,7 @@ def _loader(split: Any, name: str, config: TrainConfig, trainer: L.Trainer) -> D
     DistributedSampler under DDP); validation and test shards repeat no sample, so that their accuracy is that
     of the split, exactly."""
     dataset, train = split.to_dataset(), name == "train"
+    per_epoch = config.max_train_samples if train and config.task == "lm" else None  # lm: a new draw per epoch
     if config.bucket_by_length:  # shards by itself under DDP (Lightning's distributed sampler is off)
         sampler = LengthGroupedSampler(
             split.lengths,
@@ -226,12 +227,13 @@ def _loader(split: Any, name: str, config: TrainConfig, trainer: L.Trainer) -> D
             seed=config.seed,
             num_replicas=trainer.world_size,
             rank=trainer.global_rank,
+            num_samples=per_epoch,
         )
         return DataLoader(
             dataset, config.batch_size, sampler=sampler, collate_fn=trim_padding, num_workers=config.num_workers
         )
-    if train and config.task == "lm" and config.max_train_samples is not None:  # a new draw of windows per epoch
-        sampler = RandomSampler(dataset, num_samples=min(config.max_train_samples, len(dataset)))
+    if per_epoch is not None:
+        sampler = RandomSampler(dataset, num_samples=min(per_epoch, len(dataset)))
         return DataLoader(dataset, config.batch_size, sampler=sampler, num_workers=config.num_workers)
     if train or trainer.world_size == 1:
         return DataLoader(dataset, config.batch_size, shuffle=train, num_workers=config.num_workers)
