@@ -62,7 +62,7 @@ def test_text_windows_predict_the_next_byte_and_split_by_document(corpus: Path) 
 def test_mqar_cells_are_right_padded_with_unlabelled_padding() -> None:
     data = mqar_data([2, 4, 16], [16, 32], num_train=30, num_val=2, num_test=3)
     assert data.cells == ((2, 16), (4, 16), (2, 32), (4, 32)) == mqar_cells([2, 4, 16], [16, 32])
-    assert data.vocab_size == 256 and data.max_length == 32
+    assert data.vocab_size == 1024 and data.max_length == 32
     for c, (pairs, length) in enumerate(data.cells):
         part = data.test.part(data.test.cell == c)
         assert len(part) == 3 and (part.lengths == length).all()

@@ -66,7 +66,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         "num_val": 16,
         "num_test": 64,
         "bucket_by_length": True,
-        "batch_size": 16,
+        "batch_size": 32,
         "epochs": 5,
         "lr": 1e-3,
     },
