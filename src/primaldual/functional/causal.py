@@ -120,14 +120,6 @@ def _flat_windows(x: Tensor) -> Tensor:
     return x[:, :, p.div(x.shape[3], rounding_mode="floor"), p % x.shape[3]]
 
 
-def _chunks(x: Tensor, count: int, size: int) -> Tensor:
-    """``(B, H, count·size, ·)`` -> ``(B, H, count, size, ·)``; while tracing by indexing, as :func:`_flat_windows`
-    (a symbolic count's unflatten asks export for a divisibility it cannot prove)."""
-    if not tracing():
-        return x.unflatten(2, (count, size))
-    return x[:, :, torch.arange(count, device=x.device)[:, None] * size + torch.arange(size, device=x.device)]
-
-
 def frame_positions(frame: Frame, nq: int, nk: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """The frame positions ``(B|1, Nq)`` of the queries (the last Nq of Nk positions) and which are real: a
     query in the left padding after the prefix (before the first valid key) has no frame position of its own."""
@@ -320,12 +312,12 @@ def _window_sums(phi_q: Tensor, frame: Frame, nk: int, chunk: int) -> Tensor:
     group = -(-chunk // r)  # windows per chunk
     size = group * r
     chunks = -(-length // size)
-    queries = _chunks(F.pad(queries, (0, 0, 0, chunks * size - length)), chunks, size)
-    phi_k = _chunks(F.pad(phi_k, (0, 0, 0, chunks * group - phi_k.shape[2])), chunks, group)
-    values = _chunks(F.pad(values, (0, 0, 0, chunks * group - values.shape[2])), chunks, group)
+    queries = F.pad(queries, (0, 0, 0, chunks * size - length)).unflatten(2, (chunks, size))
+    phi_k = F.pad(phi_k, (0, 0, 0, chunks * group - phi_k.shape[2])).unflatten(2, (chunks, group))
+    values = F.pad(values, (0, 0, 0, chunks * group - values.shape[2])).unflatten(2, (chunks, group))
     states = phi_k.transpose(-2, -1) @ values  # (B, H, C, D, Dv + 1)
     states = states.cumsum(2) - states  # the windows of earlier chunks
     local = torch.arange(size, device=phi_q.device)[:, None] // r > torch.arange(group, device=phi_q.device)
     inside = (queries @ phi_k.transpose(-2, -1)).masked_fill(~local, 0.0)  # (B, H, C, T, G)
     out = queries @ states + inside @ values
-    return _flat_windows(out)  # P + C·T >= N positions
+    return out.flatten(2, 3)  # P + C·T >= N positions
