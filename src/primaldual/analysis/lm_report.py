@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import tables
 from ..files import atomic_write
+from ..functional import VARIANTS
 from ..training.jobs import records
 from .plots import plot_lm_curves, plot_mqar, plot_quality_cache
 
@@ -85,7 +86,13 @@ def _by_variant(rows: Sequence[dict[str, Any]], dataset: str, metric: str, **cel
     for row in rows:
         if row["dataset"] == dataset and row["metric"] == metric and all(row[k] == v for k, v in cell.items()):
             found[row["variant"]][row["seed"]] = row["value"]
-    return dict(found)
+    return {v: found[v] for v in sorted(found, key=_order)}
+
+
+def _order(variant: str) -> tuple[int, str]:
+    """SDPA, then the variants in the library's order (softmax first), then any other name."""
+    names = ("sdpa", *VARIANTS)
+    return (names.index(variant) if variant in names else len(names), variant)
 
 
 def statistics_of(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
