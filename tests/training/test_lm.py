@@ -152,3 +152,11 @@ def test_paired_comparison_over_seeds() -> None:
     assert found["bn"]["difference"] == pytest.approx(0.5333333)
     assert 0 < found["bn"]["p"] < 0.05  # differences 0.5, 0.4, 0.7: consistently higher
     assert "p" not in found["softmax"] and found["softmax"]["std"] == pytest.approx(1.0)
+
+
+def test_an_mqar_offset_moves_the_pairs_and_keeps_the_cells() -> None:
+    plain = mqar_data([4], [32], num_train=4, num_val=1, num_test=3)
+    moved = mqar_data([4], [32], num_train=4, num_val=1, num_test=3, offset=1)
+    assert moved.max_length == 33 and (moved.test.lengths == 33).all()
+    assert torch.equal(moved.test.x[:, 1:], plain.test.x) and torch.equal(moved.test.y[:, 1:], plain.test.y)
+    assert (moved.test.y[:, 0] == IGNORE).all()

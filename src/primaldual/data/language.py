@@ -127,9 +127,14 @@ def mqar_vocab(lengths: list[int]) -> int:
     return max(1024, 2 ** math.ceil(math.log2(max(lengths) + 1)))
 
 
-def mqar_data(pairs: list[int], lengths: list[int], num_train: int, num_val: int, num_test: int) -> LanguageData:
-    """MQAR's cells (see the module's table)."""
-    cells, vocab, longest = mqar_cells(pairs, lengths), mqar_vocab(lengths), max(lengths)
+def mqar_data(
+    pairs: list[int], lengths: list[int], num_train: int, num_val: int, num_test: int, offset: int = 0
+) -> LanguageData:
+    """MQAR's cells (see the module's table). ``offset``: random ids before each sequence (``IGNORE`` labels), so
+    that its pairs start at position ``offset``: with an odd offset, SH's windows of 2 no longer hold one key and
+    its value each (a control of what the windows' alignment gives SH); a cell's sequences then have
+    ``length + offset`` tokens."""
+    cells, vocab, longest = mqar_cells(pairs, lengths), mqar_vocab(lengths), max(lengths) + offset
     share = sum(1 / n for _, n in cells)
     counts = {
         "train": [max(1, round(num_train / n / share)) for _, n in cells],  # the same tokens in every cell
@@ -142,6 +147,10 @@ def mqar_data(pairs: list[int], lengths: list[int], num_train: int, num_val: int
         for c, (p, n) in enumerate(cells):
             seed = DATA_SEED + 1000 * index + c  # one generator per split and cell
             inputs, labels = recall.mqar(counts[name][c], n, p, vocab, seed)
+            if offset:
+                lead = torch.randint(vocab, (len(inputs), offset), generator=torch.Generator().manual_seed(seed))
+                inputs, labels = torch.cat((lead, inputs), 1), torch.cat((torch.full_like(lead, IGNORE), labels), 1)
+                n += offset
             pad = longest - n
             x = torch.nn.functional.pad(inputs, (0, pad))
             y = torch.nn.functional.pad(labels, (0, pad), value=IGNORE)

@@ -147,6 +147,9 @@ class TrainConfig:
         "(default: 4 8 16 32 64)",
     )
     mqar_lengths: list[int] = _option([64, 128, 256, 512], "mqar: sequence lengths, even (default: 64 128 256 512)")
+    mqar_offset: int = _option(
+        0, "mqar: random tokens before the pairs (0: the pairs open the sequence, as in Zoology; 1: a control)"
+    )
     bucket_by_length: bool = _option(
         False,
         "batch sequences of similar length together (sorted within shuffled "
@@ -273,6 +276,7 @@ class TrainConfig:
             "num_val",
             "min_length",
             "jitter",
+            "mqar_offset",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"config option {name} must be >= 0, got {getattr(self, name)}")

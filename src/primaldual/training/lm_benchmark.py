@@ -188,9 +188,10 @@ def cell_accuracy(
     with torch.no_grad():
         for c, (pairs, length) in enumerate(cells):
             part = split.part(split.cell == c)
+            tokens = int(part.lengths.max())  # the cell's length (and any offset)
             correct = total = 0
             for start in range(0, len(part), batch_size):
-                x, y = part.x[start : start + batch_size, :length], part.y[start : start + batch_size, :length]
+                x, y = part.x[start : start + batch_size, :tokens], part.y[start : start + batch_size, :tokens]
                 predicted = model(input_ids=x).logits.argmax(-1)
                 labelled = y != -100
                 correct += int((predicted == y)[labelled].sum())
@@ -287,6 +288,7 @@ def check_records(output: str | Path, overrides: Mapping[str, Any]) -> None:
     for path in sorted(Path(output).glob("records/*/*/seed-*/record.json")):
         record = json.loads(path.read_text())
         expected = run_config(record["dataset"], record["variant"], record["seed"], "unused", overrides).to_dict()
-        changed = sorted(k for k, v in expected.items() if k != "output" and record["config"].get(k) != v)
+        saved = {**TrainConfig().to_dict(), **record["config"]}  # an option added since has its default
+        changed = sorted(k for k, v in expected.items() if k != "output" and saved[k] != v)
         if changed:
             raise ValueError(f"{path} was made with other options ({', '.join(changed)}): use another --output")

@@ -83,6 +83,7 @@ DATA_OPTIONS = (
     "context",
     "mqar_pairs",
     "mqar_lengths",
+    "mqar_offset",
 )
 
 
@@ -107,7 +108,8 @@ def load_data(config: TrainConfig) -> TaskData:
     if config.task == "lm":
         if config.dataset == "text":
             return text_data(config.context, config.num_val, root=config.root)
-        return mqar_data(config.mqar_pairs, config.mqar_lengths, config.num_train, config.num_val, config.num_test)
+        options = (config.mqar_pairs, config.mqar_lengths, config.num_train, config.num_val, config.num_test)
+        return mqar_data(*options, offset=config.mqar_offset)
     return _listops(config)
 
 
