@@ -143,6 +143,9 @@ def test_lm_benchmark_runs_resumes_and_reports(corpus: Path, tmp_path: Path) -> 
     assert "p" in statistics["text"]["test_bits_per_token"]["sh"]
     assert len(statistics["mqar"]["cells"]) == 4
     assert summary.read_text().count("| softmax") >= 2
+    trained = sum(float(r["value"]) for r in rows if r["metric"] == "train_seconds")
+    assert 0 < trained == pytest.approx(statistics["train_seconds"])
+    assert f"training took {trained / 60:.0f} min in all" in summary.read_text()
     for png in ("curves.png", "mqar.png", "quality-cache.png"):
         assert (output / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

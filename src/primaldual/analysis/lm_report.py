@@ -24,11 +24,10 @@ from typing import Any
 
 from .. import tables
 from ..files import atomic_write
-from ..functional import VARIANTS
 from ..training.jobs import records
-from .plots import plot_lm_curves, plot_mqar, plot_quality_cache
+from .plots import plot_lm_curves, plot_mqar, plot_quality_cache, variant_rank
 
-RUN_METRICS = ("test_bits_per_token", "test_accuracy", "test_loss", "val_loss")
+RUN_METRICS = ("test_bits_per_token", "test_accuracy", "test_loss", "val_loss", "train_seconds")
 
 
 def run_rows(output: str | Path) -> list[dict[str, Any]]:
@@ -87,13 +86,7 @@ def _by_variant(rows: Sequence[dict[str, Any]], dataset: str, metric: str, **cel
     for row in rows:
         if row["dataset"] == dataset and row["metric"] == metric and all(row[k] == v for k, v in cell.items()):
             found[row["variant"]][row["seed"]] = row["value"]
-    return {v: found[v] for v in sorted(found, key=_order)}
-
-
-def _order(variant: str) -> tuple[int, str]:
-    """SDPA, then the variants in the library's order (softmax first), then any other name."""
-    names = ("sdpa", *VARIANTS)
-    return (names.index(variant) if variant in names else len(names), variant)
+    return {v: found[v] for v in sorted(found, key=variant_rank)}
 
 
 def statistics_of(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -109,6 +102,7 @@ def statistics_of(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 {"pairs": p, "length": n, "variants": paired(_by_variant(rows, dataset, "accuracy", pairs=p, length=n))}
                 for p, n in cells
             ]
+    out["train_seconds"] = sum(r["value"] for r in rows if r["metric"] == "train_seconds")
     generation = [r for r in rows if r["dataset"] == "generation"]
     if generation:
         out["generation"] = [
@@ -161,8 +155,9 @@ def summary_markdown(found: dict[str, Any], command: str | None, wall_seconds: f
     """The summary's Markdown: the text and MQAR tables, MQAR per cell, generation."""
     parts = ["# Language-model benchmark\n"]
     if command:
-        took = f", {wall_seconds / 60:.0f} min" if wall_seconds else ""
-        parts.append(f"Made by `{command}`{took}. Mean ± sample std over seeds; \"vs softmax\": the mean paired "
+        took = f", {wall_seconds / 60:.0f} min (this invocation)" if wall_seconds else ""
+        parts.append(f"Made by `{command}`{took}; training took {found['train_seconds'] / 60:.0f} min in all, "
+                     "summed over the runs. Mean ± sample std over seeds; \"vs softmax\": the mean paired "
                      "difference and a two-sided paired t-test over seeds.\n")  # fmt: skip
     for dataset, quality, label in (("text", "test_bits_per_token", "test bits/byte"),
                                     ("mqar", "test_accuracy", "test accuracy (%)")):  # fmt: skip

@@ -16,9 +16,25 @@ from typing import Any
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..functional import VARIANTS
+
 Rows = Sequence[Mapping[str, Any]]
 
 MARKERS = "os^vDP*Xh<>"  # one per line, so that lines lying on each other stay visible
+
+
+def variant_rank(variant: str) -> tuple[int, str]:
+    """SDPA, then the variants in the library's order (softmax first), then any other name: the sort key of tables
+    and legends."""
+    names = ("sdpa", *VARIANTS)
+    return (names.index(variant) if variant in names else len(names), variant)
+
+
+def variant_style(variant: str) -> dict[str, str]:
+    """One colour and marker per variant, the same in every figure."""
+    rank = variant_rank(variant)[0]
+    return {"color": f"C{rank % 10}", "marker": MARKERS[rank % len(MARKERS)]}
+
 
 COST_METRICS = {
     "flops_ratio": "FLOPs / softmax",
@@ -166,10 +182,11 @@ def plot_lm_curves(records: Rows, path: str | Path) -> Path:
             if record.get("dataset") == dataset and "curve" in record:
                 losses = [row["val_loss"] for row in record["curve"] if "val_loss" in row]
                 curves.setdefault(record["variant"], []).append(losses)
-        for (variant, runs), marker in zip(curves.items(), itertools.cycle(MARKERS)):
+        for variant in sorted(curves, key=variant_rank):
+            runs = curves[variant]
             epochs = min(len(run) for run in runs)
             mean = [sum(run[e] for run in runs) / len(runs) for e in range(epochs)]
-            ax.plot(range(1, epochs + 1), mean, marker=marker, label=f"{variant} ({len(runs)} seeds)")
+            ax.plot(range(1, epochs + 1), mean, label=f"{variant} ({len(runs)} seeds)", **variant_style(variant))
         ax.set(title=dataset, xlabel="epoch", ylabel="validation loss (nats / token)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -184,11 +201,13 @@ def plot_mqar(cells: Rows, path: str | Path) -> Path:
     for i, length in enumerate(lengths):
         ax = fig.add_subplot(1, len(lengths), i + 1)
         mine = [c for c in cells if c["length"] == length]
-        for variant, marker in zip(variants, itertools.cycle(MARKERS)):
+        for variant in sorted(variants, key=variant_rank):
             ax.plot([c["pairs"] for c in mine], [100 * c["variants"][variant]["mean"] for c in mine],
-                    marker=marker, label=variant)  # fmt: skip
-        ax.set(title=f"{length} tokens", xlabel="key-value pairs", xscale="log", ylim=(-2, 102))
-        ax.set_xticks([c["pairs"] for c in mine], [str(c["pairs"]) for c in mine])
+                    label=variant, **variant_style(variant))  # fmt: skip
+        ax.set(title=f"{length} tokens", xlabel="key-value pairs", ylim=(-2, 102))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([c["pairs"] for c in mine], [str(c["pairs"]) for c in mine], minor=False)
+        ax.set_xticks([], minor=True)
         if i == 0:
             ax.set_ylabel("test accuracy (%)")
             ax.legend(fontsize=7)
@@ -203,11 +222,11 @@ def plot_quality_cache(
     per variant: lower left is better."""
     fig = Figure(figsize=(5, 3.8), layout="constrained")
     ax = fig.add_subplot()
-    for (variant, stats), marker in zip(quality.items(), itertools.cycle(MARKERS)):
-        size = generation["cache_bytes_per_token"].get(variant)
+    for variant in sorted(quality, key=variant_rank):
+        stats, size = quality[variant], generation["cache_bytes_per_token"].get(variant)
         if size is not None:
-            ax.errorbar(size, stats["mean"], yerr=_nan_if_none(stats.get("std")), marker=marker, label=variant,
-                        capsize=3, linestyle="none")  # fmt: skip
+            ax.errorbar(size, stats["mean"], yerr=_nan_if_none(stats.get("std")), label=variant, capsize=3,
+                        linestyle="none", **variant_style(variant))  # fmt: skip
     ax.set(xscale="log", xlabel=f"cache bytes per token after {generation['tokens']} tokens",
            ylabel="test bits per byte")  # fmt: skip
     ax.grid(alpha=0.3)

@@ -39,8 +39,8 @@ from .config import TrainConfig
 from .jobs import run_jobs
 
 #: The model and optimisation of every run: the same size, steps and schedule for every variant. Chosen on
-#: validation data only, with softmax (docs/results.md): width 128 learns MQAR within the budget where 64 does not;
-#: the learning rate of each dataset is the better of 1e-3 and 3e-3 on its validation loss.
+#: validation data only, with softmax (results/lm/README.md, "Selection"; the runs in results/lm-selection/): the
+#: width and each dataset's learning rate (1e-3 or 3e-3) with the lower validation loss.
 SETTINGS: dict[str, Any] = {
     "task": "lm",
     "d_model": 128,
@@ -81,7 +81,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     },
 }
 #: The variants of the benchmark. linear-bn is left out: its causal form has no linear-time evaluation and costs
-#: O(N² D Dv) per head (SPEC section 5), about 50x a softmax training step at N = 256 here (docs/results.md).
+#: O(N² D Dv) per head (SPEC section 5), about 50x a softmax training step at N = 256 here (results/lm/README.md).
 VARIANTS = ("softmax", "bn", "sh", "bn+sh", "linear", "linear-sh")
 GENERATION_TOKENS = (256, 512, 1024, 2048)
 PROMPT = 16
