@@ -106,3 +106,19 @@ def test_head_split_makes_the_fewest_groups_of_views(scales, factors, sizes):
     assert sorted(int(h) // 3 for part in parts for h in part[0, :, 0, 0]) == list(range(len(scales)))
     joined = transforms.join_heads(parts, groups)
     assert torch.equal(joined, x) and (len(parts) > 1 or joined is x)  # one group: its output as is
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("nq", "nk"), [(7, 7), (3, 7), (1, 7), (9, 7)])
+@pytest.mark.parametrize("mask_kind", ["none", "padded", "left"])
+def test_empty_rows_read_from_the_padding_equal_those_of_the_mask(mask_kind, nq, nk, causal):
+    """transforms.empty_rows (O(B·Nk), from the padding) marks exactly the rows of allowed_keys with no key."""
+    mask = (
+        inputs(mask_kind)[2] if mask_kind != "left" else torch.arange(7)[None, :] < torch.tensor([[0], [2], [6], [7]])
+    )
+    allowed = transforms.allowed_keys(nq, nk, mask, causal=causal)
+    expected = torch.zeros(1, 1, nq, 1, dtype=torch.bool) if allowed is None else ~allowed.any(-1, keepdim=True)
+    found = transforms.empty_rows(nq, nk, mask, causal=causal)
+    found = torch.zeros(1, 1, 1, 1, dtype=torch.bool) if found is None else found
+    assert torch.equal(*torch.broadcast_tensors(found, expected))
+    assert found.any() == expected.any()

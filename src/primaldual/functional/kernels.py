@@ -12,11 +12,13 @@ A query that may attend to no key (all its keys padding or outside its window) r
 
 from __future__ import annotations
 
+from types import EllipsisType
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import allowed_keys, tracing
+from .transforms import allowed_keys, empty_rows, tracing
 
 
 def softmax_kernel(
@@ -36,34 +38,42 @@ def softmax_kernel(
     (grouped-query attention) without a window only. ``bias``: an additive score bias broadcastable to
     ``(B, H, Nq, Nk)`` (T5's relative position bias, ALiBi), or None.
     """
-    if bias is not None:
-        allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
-        return _masked_sdpa(q, k, v, allowed, dropout_p, bias)
-    if key_padding_mask is None and window is None and not (causal and q.shape[2] != k.shape[2]):
+    nq, nk = q.shape[2], k.shape[2]
+    if bias is None and key_padding_mask is None and window is None and not (causal and nq != nk):
         gqa = k.shape[1] != q.shape[1]
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, enable_gqa=gqa)
-    aligned = not causal or q.shape[2] == k.shape[2]
-    if window is not None and aligned and not tracing() and _band_block(window) + 2 * window < k.shape[2]:
+    aligned = not causal or nq == nk
+    sliding = window is not None and aligned and not tracing() and _band_block(window) + 2 * window < nk
+    if bias is None and sliding:
         return _sliding_window(q, k, v, key_padding_mask, window=window, causal=causal, dropout_p=dropout_p)
-    allowed = allowed_keys(q.shape[2], k.shape[2], key_padding_mask, causal=causal, window=window, device=q.device)
-    return _masked_sdpa(q, k, v, allowed, dropout_p)
+    allowed = allowed_keys(nq, nk, key_padding_mask, causal=causal, window=window, device=q.device)
+    empty = ... if window is not None else empty_rows(nq, nk, key_padding_mask, causal=causal, device=q.device)
+    return _masked_sdpa(q, k, v, allowed, dropout_p, bias, empty=empty)
 
 
 def _masked_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout_p: float, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    allowed: Tensor | None,
+    dropout_p: float,
+    bias: Tensor | None = None,
+    empty: Tensor | None | EllipsisType = ...,
 ) -> Tensor:
     """SDPA with a boolean mask (True = attend) and an additive score ``bias``; a row with no allowed key
-    returns 0."""
+    returns 0. ``empty``: those rows if the caller knows them (:func:`~.transforms.empty_rows`; None: there are
+    none), else ``...``: read from ``allowed``."""
     gqa = k.shape[1] != q.shape[1]
     if allowed is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, enable_gqa=gqa)
-    # Such a row would give 0/0: let it see every key (finite values and gradients), then zero it.
-    empty = ~allowed.any(-1, keepdim=True)
-    mask = allowed | empty
+    if empty is ...:
+        empty = ~allowed.any(-1, keepdim=True)
+    # A row with no allowed key would give 0/0: let it see every key (finite values and gradients), then zero it.
+    mask = allowed if empty is None else allowed | empty
     if bias is not None:
         mask = bias.to(q.dtype).masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
-    return out.masked_fill(empty, 0.0)
+    return out if empty is None else out.masked_fill(empty, 0.0)
 
 
 def _band_block(window: int) -> int:

@@ -331,12 +331,27 @@ def allowed_keys(
     if causal or window is not None:
         i = torch.arange(nq, device=device)[:, None] + (nk - nq if causal else 0)
         j = torch.arange(nk, device=device)[None, :]
-        allowed = torch.ones(nq, nk, dtype=torch.bool, device=device)
-        if causal:
-            allowed = allowed & (j <= i)
+        allowed = j <= i if causal else None
         if window is not None:
-            allowed = allowed & ((i - j).abs() <= window)
+            near = (i - j).abs() <= window
+            allowed = near if allowed is None else allowed & near
     if key_padding_mask is not None:
         keys = (~key_padding_mask)[:, None, None, :]
         allowed = keys if allowed is None else allowed & keys
     return allowed
+
+
+def empty_rows(
+    nq: int, nk: int, key_padding_mask: Tensor | None, *, causal: bool = False, device: torch.device | None = None
+) -> Tensor | None:
+    """The queries of :func:`allowed_keys` (no window) that may attend no key, read from the padding in
+    ``O(B·Nk)`` rather than from the ``(B, 1, Nq, Nk)`` mask: ``(B or 1, 1, Nq or 1, 1)`` bool, or None when no
+    query can be one. Causal query i sees no key when no valid key is at or before its position ``Nk - Nq + i``
+    (a negative position when ``Nq > Nk``)."""
+    if not causal:
+        return None if key_padding_mask is None else key_padding_mask.all(-1)[:, None, None, None]
+    if key_padding_mask is None:
+        return None if nq <= nk else (torch.arange(nq, device=device) < nq - nk)[None, None, :, None]
+    valid = (~key_padding_mask).cumsum(-1)  # valid keys up to each position
+    seen = F.pad(valid, (max(nq - nk, 0) + 1, 0))[:, -nq:]  # ... up to each query's position (0 before key 0)
+    return (seen == 0)[:, None, :, None]
