@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .functional import attention
 from .functional.decode import DecodeState
 from .functional.options import FIELDS, AttentionOptions, check_names
+from .functional.transforms import rotary
 from .functional.variants import self_attention, split_qkv
 
 
@@ -75,6 +76,7 @@ class Attention(nn.Module):
         self.gate = nn.Linear(dim, self.attn_dim, bias=qkv_bias, **factory) if gated else None
         self.proj = nn.Linear(self.attn_dim, dim_out or dim, bias=proj_bias, **factory)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.rotate_half = False  # the layout of a rotary embedding (``forward``'s ``rope``), as timm's EVA
 
     @property
     def variant(self) -> str:
@@ -108,9 +110,14 @@ class Attention(nn.Module):
         key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
+        rope: Tensor | None = None,
     ) -> Tensor:
         """x ``(B, N, dim)`` -> ``(B, N, dim_out)``. ``key_padding_mask`` bool ``(B, N)``, True at padding.
-        ``attn_mask`` exists for timm's call signature and must be None; ``is_causal`` makes this call causal."""
+        ``attn_mask`` exists for timm's call signature and must be None; ``is_causal`` makes this call causal.
+        ``rope``: a rotary embedding ``cat(sin, cos)`` ``(.., N - P, 2·head_dim)`` applied to the queries and keys
+        after ``q_norm``/``k_norm``, the P prefix tokens left as they are (timm's EVA, EVA02, DINOv3; layout
+        :attr:`rotate_half`); the variant then sees the rotated queries and keys (BN their statistics, SH pools
+        them and the values)."""
         if x.dim() != 3:
             raise ValueError(f"x must be (batch, seq, dim), got shape {tuple(x.shape)}")
         if attn_mask is not None:
@@ -118,7 +125,12 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        if isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):  # SH pools x first
+        if rope is not None:
+            q, k, v = self.project(x)
+            p, half = options.num_prefix_tokens, self.rotate_half
+            q, k = rotary(q, rope, num_prefix_tokens=p, half=half), rotary(k, rope, num_prefix_tokens=p, half=half)
+            out = attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        elif isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):  # SH pools x first
             weight, bias = self.qkv.weight, self.qkv.bias
             out = self_attention(
                 x, weight, bias, self.num_heads, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p

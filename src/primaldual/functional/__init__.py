@@ -3,7 +3,15 @@
 from . import reference
 from .kernels import elu_feature_map, linear_kernel, softmax_kernel
 from .options import AttentionOptions
-from .transforms import KeyStatistics, bn_normalize, bn_softmax_inputs, key_statistics, pool_keys, pool_sequence
+from .transforms import (
+    KeyStatistics,
+    bn_normalize,
+    bn_softmax_inputs,
+    key_statistics,
+    pool_keys,
+    pool_sequence,
+    rotary,
+)
 from .variants import (
     PAPER_VARIANTS,
     VARIANTS,
@@ -47,6 +55,7 @@ __all__ = [
     "linear_sh_attention",
     "pool_keys",
     "pool_sequence",
+    "rotary",
     "reference",
     "repeat_kv",
     "self_attention",

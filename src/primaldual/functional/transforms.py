@@ -189,6 +189,31 @@ def bn_normalize(
     return (q - mean_weight * stats.mean) * scale, (k - mean_weight * stats.mean) * scale
 
 
+def rotary(x: Tensor, rope: Tensor, *, num_prefix_tokens: int = 0, half: bool = False) -> Tensor:
+    """Rotary position embedding of x ``(B, H, N, D)`` after its first ``P = num_prefix_tokens`` positions (class
+    and register tokens are not rotated): ``x ⊙ cos + rot(x) ⊙ sin``, with ``rope = cat(sin, cos)``
+    ``(.., N - P, 2D)`` as timm's EVA-family models pass it. ``rot`` turns each pair of neighbouring channels,
+    ``(x₀, x₁) -> (-x₁, x₀)``, or with ``half`` the two halves, ``(x_a, x_b) -> (-x_b, x_a)``. In x's dtype.
+
+    Written here rather than imported so that the layers do not depend on timm; tests compare it with timm's
+    ``apply_rot_embed_cat``."""
+    p = num_prefix_tokens
+    if rope.shape[-2] != x.shape[-2] - p or rope.shape[-1] != 2 * x.shape[-1]:
+        raise ValueError(
+            f"rope must be (..., {x.shape[-2] - p}, {2 * x.shape[-1]}) for {x.shape[-2]} tokens of which {p} are "
+            f"prefix tokens and heads of width {x.shape[-1]}, got shape {tuple(rope.shape)}"
+        )
+    sin, cos = rope.chunk(2, -1)
+    body = x[..., p:, :]
+    if half:
+        first, second = body.chunk(2, -1)
+        turned = torch.cat((-second, first), -1)
+    else:
+        turned = torch.stack((-body[..., 1::2], body[..., ::2]), -1).flatten(-2)
+    rotated = (body * cos + turned * sin).to(x.dtype)
+    return torch.cat((x[..., :p, :], rotated), -2) if p else rotated
+
+
 def pool_keys(
     k: Tensor,
     v: Tensor,

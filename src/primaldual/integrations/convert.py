@@ -11,16 +11,24 @@ from ..functional.variants import resolve_options
 from .timm import convert_timm
 from .torch_nn import convert_multihead_attention
 
+#: The attention modules that :func:`convert` replaces.
+KNOWN = (
+    "timm.layers.Attention",
+    "timm.layers.attention.AttentionRope",
+    "timm.models.eva.EvaAttention",
+    "torch.nn.MultiheadAttention",
+)
+
 
 def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -> nn.Module:
-    """Replace every ``timm.layers.Attention`` and every ``torch.nn.MultiheadAttention`` of ``model`` (the root
-    included) by the ``variant`` attention (a name with ``options``, or an :class:`AttentionOptions`), reusing their
-    projection weights; returns the model, or the new module when ``model`` itself is a ``MultiheadAttention``.
+    """Replace every attention module of :data:`KNOWN` in ``model`` (the root included) by the ``variant`` attention
+    (a name with ``options``, or an :class:`AttentionOptions`), reusing their projection weights; returns the model, or the new module when ``model`` itself is a ``MultiheadAttention``.
 
     ``variant="softmax"`` leaves the outputs as they were. SH keeps the model's ``num_prefix_tokens`` (timm's
     class/register tokens) unpooled unless ``options`` say otherwise. ``MultiheadAttention`` becomes
     :class:`~primaldual.integrations.torch_nn.MultiheadAttention` (same call signature; see there for masks,
-    causality and cross-attention). A ValueError when there is nothing to convert.
+    causality and cross-attention). A ValueError when there is nothing to convert, naming the model's attention
+    modules that convert does not know.
     """
     if not isinstance(variant, AttentionOptions):
         options.setdefault("num_prefix_tokens", getattr(model, "num_prefix_tokens", 0))
@@ -28,5 +36,18 @@ def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -
     replaced = convert_timm(model, resolved)
     model, count = convert_multihead_attention(model, resolved)
     if not replaced + count:
-        raise ValueError("model has no timm.layers.Attention or torch.nn.MultiheadAttention module to convert")
+        found = sorted({type(m).__name__ for m in _innermost_attention(model)})
+        having = f"; its attention modules are {', '.join(found)}, which convert does not know" if found else ""
+        raise ValueError(f"model has no module to convert (expected one of {', '.join(KNOWN)}){having}")
     return model
+
+
+def _innermost_attention(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` named like an attention (``*Attention*``, ``*Attn*``) that hold no other such module:
+    the attention layers, not the blocks around them."""
+
+    def named(module: nn.Module) -> bool:
+        name = type(module).__name__.lower()
+        return "attention" in name or "attn" in name
+
+    return [m for m in model.modules() if named(m) and not any(named(c) for c in list(m.modules())[1:])]
