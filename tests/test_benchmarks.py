@@ -148,3 +148,15 @@ def test_decode_benchmark_writes_both_tables(tmp_path):
     assert all(r["seconds"] > 0 and r["bytes"] > 0 for r in generated)
     assert len(json.loads((tmp_path / "generate.json").read_text())) == 4
     assert "| sh | 4 |" in (tmp_path / "generate.md").read_text()
+
+
+def test_timm_convert_sweep_writes_conversions_and_refusals(tmp_path):
+    from benchmarks.timm_convert import main as sweep_main
+
+    rows = sweep_main(
+        ["--models", "eva02_tiny_patch14_224", "cait_xxs24_224", "--depth", "1", "--output", str(tmp_path)]
+    )
+    eva, cait = rows
+    assert eva["converted"] == 1 and eva["softmax_max_difference"] == 0.0 and eva["variants_finite"]
+    assert cait["converted"] == 0 and "ClassAttn" in cait["refused"]
+    assert (tmp_path / "timm_convert.md").read_text().count("\n") == 4

@@ -126,6 +126,7 @@ def test_grouped_query_rope_attention_is_refused_by_name():
 def test_a_model_with_only_unknown_attention_names_its_modules():
     model = timm.create_model("cait_xxs24_224", pretrained=False, depth=1, depth_token_only=1, num_classes=3)
     with pytest.raises(
-        ValueError, match="its attention modules are ClassAttn, TalkingHeadAttn, which convert does not"
+        ValueError,
+        match=r"its attention modules are timm\.models\.cait\.ClassAttn, timm\.models\.cait\.TalkingHeadAttn, which",
     ):
         primaldual.convert(model, "bn")

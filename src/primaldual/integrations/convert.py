@@ -36,7 +36,7 @@ def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -
     replaced = convert_timm(model, resolved)
     model, count = convert_multihead_attention(model, resolved)
     if not replaced + count:
-        found = sorted({type(m).__name__ for m in _innermost_attention(model)})
+        found = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in _innermost_attention(model)})
         having = f"; its attention modules are {', '.join(found)}, which convert does not know" if found else ""
         raise ValueError(f"model has no module to convert (expected one of {', '.join(KNOWN)}){having}")
     return model
