@@ -388,13 +388,8 @@ class RecordLayerSizes:
         original, sizes = self.original, self.sizes
 
         def recording(layer, x, key_padding_mask=None, attn_mask=None, is_causal=False, rope=None):
-            from primaldual.functional.transforms import rotary
-
             with torch.no_grad():
-                q, k, _ = layer.project(x)
-                if rope is not None:  # the variant sees the rotated queries and keys
-                    rotate = dict(num_prefix_tokens=layer.options.num_prefix_tokens, half=layer.rotate_half)
-                    q, k = rotary(q, rope, **rotate), rotary(k, rope, **rotate)
+                q, k, _ = layer.project(x, rope)  # the variant sees the rotated queries and keys
             options = layer.options.replace(causal=True) if is_causal else layer.options
             sizes.append(variant_law(options, q, k, key_padding_mask)["size"])
             return original(layer, x, key_padding_mask, attn_mask, is_causal, rope)

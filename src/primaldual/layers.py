@@ -126,10 +126,7 @@ class Attention(nn.Module):
         options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
         dropout_p = self.attn_drop.p if self.training else 0.0
         if rope is not None:
-            q, k, v = self.project(x)
-            p, half = options.num_prefix_tokens, self.rotate_half
-            q, k = rotary(q, rope, num_prefix_tokens=p, half=half), rotary(k, rope, num_prefix_tokens=p, half=half)
-            out = attention(q, k, v, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+            out = attention(*self.project(x, rope), options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
         elif isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):  # SH pools x first
             weight, bias = self.qkv.weight, self.qkv.bias
             out = self_attention(
@@ -164,11 +161,16 @@ class Attention(nn.Module):
             out = out * self.gate(x).sigmoid()
         return self.proj(out)
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The heads' queries, keys and values ``(B, H, N, D)`` of tokens x ``(B, N, dim)``, as the attention sees
-        them (after ``q_norm``, ``k_norm``); before any SH pooling."""
+        them (after ``q_norm``, ``k_norm`` and the rotary embedding ``rope`` if given, see :meth:`forward`); before
+        any SH pooling."""
         q, k, v = split_qkv(self.qkv(x), self.num_heads)
-        return self.q_norm(q), self.k_norm(k), v
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is None:
+            return q, k, v
+        rotate = dict(num_prefix_tokens=self.options.num_prefix_tokens, half=self.rotate_half)
+        return rotary(q, rope, **rotate), rotary(k, rope, **rotate), v
 
     def extra_repr(self) -> str:
         options = [f"variant={self.variant!r}", f"num_heads={self.num_heads}"]

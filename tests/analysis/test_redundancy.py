@@ -77,6 +77,22 @@ def test_weights_times_values_equal_layer_output(variant, options, masked):
     T.assert_close_normwise(rows, torch.ones_like(rows), T.range_atol(torch.float64, 13, 1.0), "sum of weights")
 
 
+@pytest.mark.parametrize("variant", ["softmax", "bn", "sh"])
+def test_weights_of_a_rotary_call_are_those_of_the_rotated_queries_and_keys(variant):
+    """A call with ``rope`` (a converted EVA's) is recorded with the queries and keys its variant saw."""
+    torch.manual_seed(0)
+    layer = Attention(32, 4, variant=variant, num_prefix_tokens=1).double()
+    layer.rotate_half = True
+    x, rope = torch.randn(3, 13, 32, dtype=torch.float64), torch.randn(12, 16, dtype=torch.float64)
+    with record_attention(layer) as records, T.RecordLayerSizes() as sizes:
+        layer(x, rope=rope)
+    (record,) = records
+    law = dict(head_dim=8, length=13, rounded_inputs=T.rounded_inputs("softmax", variant == "bn", variant == "sh"))
+    values = values_of(layer, x)
+    atol = T.attention_atol(torch.float64, sizes.size, T.output_scale(record.heads, values), **law)
+    T.assert_close_normwise(record.weights() @ values, record.heads, atol, "weights @ values")
+
+
 def test_pooled_weight_is_spread_over_the_valid_keys_of_its_window():
     # keys all 0: the pooled softmax is uniform over the windows [0..3] and [4, 5]; key 1 is padding
     q, k = torch.randn(1, 1, 2, 3, dtype=torch.float64), torch.zeros(1, 1, 6, 3, dtype=torch.float64)

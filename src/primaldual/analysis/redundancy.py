@@ -87,7 +87,7 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
     def start(module: nn.Module, args: tuple, kwargs: dict) -> None:
         bound = signature.bind(*args, **kwargs).arguments
         call.clear()
-        q, k, _ = layer.project(bound["x"])
+        q, k, _ = layer.project(bound["x"], bound.get("rope"))
         call.update(
             q=q.detach(),
             k=k.detach(),

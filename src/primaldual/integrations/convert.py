@@ -22,7 +22,8 @@ KNOWN = (
 
 def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -> nn.Module:
     """Replace every attention module of :data:`KNOWN` in ``model`` (the root included) by the ``variant`` attention
-    (a name with ``options``, or an :class:`AttentionOptions`), reusing their projection weights; returns the model, or the new module when ``model`` itself is a ``MultiheadAttention``.
+    (a name with ``options``, or an :class:`AttentionOptions`), reusing their projection weights; returns the model,
+    or the new module when ``model`` itself is a ``MultiheadAttention``.
 
     ``variant="softmax"`` leaves the outputs as they were. SH keeps the model's ``num_prefix_tokens`` (timm's
     class/register tokens) unpooled unless ``options`` say otherwise. ``MultiheadAttention`` becomes
