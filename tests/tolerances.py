@@ -146,6 +146,7 @@ def kernel_terms(
     window: int | None = None,
     eps: float = 1e-5,
     mean_weight: float = 1.0,
+    grid: tuple[int, int] | None = None,
 ):
     """Per sample and head (and query row, causal BN), in float64: the magnitudes |q̂| ``(n, D)``, |k̂| ``(m, D)``
     of the kernel's inputs and which pairs are allowed ``(n, m)``, as the fast path forms them: keys pooled by the
@@ -163,7 +164,7 @@ def kernel_terms(
         valid = torch.ones(k.shape[2], dtype=torch.bool) if mask is None else ~mask[b]
         for h in range(q.shape[1]):
             pooled = scales is not None and min(scales[h], k.shape[2] - p) > 1
-            keys, keep = (k[b, h], valid) if scales is None else R.pool(k[b, h], valid, scales[h], p)
+            keys, keep = (k[b, h], valid) if scales is None else R.pool(k[b, h], valid, scales[h], p, grid)
             if not keep.any():
                 continue
             if not bn:
@@ -225,6 +226,7 @@ def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **opt
                 mean_weight=variant.mean_weight,
                 causal=variant.causal,
                 num_prefix_tokens=variant.num_prefix_tokens,
+                grid=variant.grid,
             )
             | options
         )
@@ -239,6 +241,7 @@ def variant_law(variant, q: Tensor, k: Tensor, mask: Tensor | None = None, **opt
         window=options.get("window") if spec.windowed else None,
         eps=options.get("eps", 1e-5),
         mean_weight=options.get("mean_weight", 1.0),
+        grid=options.get("grid") if spec.pooled else None,
     )
     return dict(
         size=kernel_size(q, k, mask, **kw),

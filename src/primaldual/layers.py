@@ -176,6 +176,8 @@ class Attention(nn.Module):
         options = [f"variant={self.variant!r}", f"num_heads={self.num_heads}"]
         if self.scales is not None:
             options.append(f"scales={self.scales}")
+        if self.options.grid is not None:
+            options.append(f"grid={self.options.grid}")
         if self.options.window is not None:
             options.append(f"window={self.options.window}")
         if self.options.causal:

@@ -24,6 +24,10 @@ from primaldual.functional.options import FIELDS
         (dict(variant="bn", eps=math.inf), ValueError, r"eps must be finite"),
         (dict(variant="bn", mean_weight=math.nan), ValueError, r"mean_weight must be finite"),
         (dict(variant="sh", num_prefix_tokens=-1), ValueError, r"num_prefix_tokens must be an integer >= 0"),
+        (dict(variant="bn", grid=(4, 4)), ValueError, r"grid \(2D pooling of an image's patches\) is used by the sh"),
+        (dict(variant="sh", grid=(4, 4), causal=True), ValueError, r"not 'sh' causal"),
+        (dict(variant="sh", grid=(4, 0)), ValueError, r"grid must hold two integers >= 1"),
+        (dict(variant="sh", grid=16), TypeError, r"grid must be the patch grid \(rows, cols\)"),
     ],
 )
 def test_bad_options_are_refused_where_they_are_made(kwargs, error, pattern):
@@ -40,7 +44,7 @@ def test_options_are_frozen_and_replace_revalidates():
         options.replace(eps=0.0)
     with pytest.raises(TypeError, match=r"unknown attention option\(s\) beta; expected some of variant, scales"):
         options.replace(beta=0.5)
-    assert set(FIELDS) == {"variant", "scales", "window", "eps", "mean_weight", "causal", "num_prefix_tokens"}
+    assert set(FIELDS) == {"variant", "scales", "window", "eps", "mean_weight", "causal", "num_prefix_tokens", "grid"}
 
 
 def test_for_heads_fills_sh_defaults_and_checks_the_count():

@@ -8,6 +8,7 @@ from primaldual.functional import reference as R
 from tests import tolerances as T
 
 SCALES = (1, 2, 4, 8)
+GRID = dict(num_prefix_tokens=1, grid=(2, 5))  # the 11 keys of make_inputs as a class token and 2×5 patches
 
 # name -> (fast path, reference), both called as fn(q, k, v, mask)
 CASES = {
@@ -46,6 +47,18 @@ CASES = {
         lambda q, k, v, m: F.attention(q, k, v, "sh", scales=SCALES, key_padding_mask=m, num_prefix_tokens=1),
         lambda q, k, v, m: R.sh_attention(q, k, v, SCALES, m, num_prefix_tokens=1),
     ),
+    "sh-grid": (  # 1 prefix token and a 2×5 patch grid: windows 1×2, 2×2, 2×4 (partial at the right border)
+        lambda q, k, v, m: F.attention(q, k, v, "sh", scales=SCALES, key_padding_mask=m, **GRID),
+        lambda q, k, v, m: R.sh_attention(q, k, v, SCALES, m, **GRID),
+    ),
+    "bn+sh-grid": (
+        lambda q, k, v, m: F.attention(q, k, v, "bn+sh", scales=SCALES, key_padding_mask=m, **GRID),
+        lambda q, k, v, m: R.bn_sh_attention(q, k, v, SCALES, m, **GRID),
+    ),
+    "linear-sh-grid": (
+        lambda q, k, v, m: F.attention(q, k, v, "linear-sh", scales=SCALES, key_padding_mask=m, **GRID),
+        lambda q, k, v, m: R.linear_sh_attention(q, k, v, SCALES, m, **GRID),
+    ),
     "bn+sh": (
         lambda q, k, v, m: F.bn_sh_attention(q, k, v, SCALES, m),
         lambda q, k, v, m: R.bn_sh_attention(q, k, v, SCALES, m),
@@ -70,6 +83,9 @@ VARIANT = {
     "sh-grouped": "sh",
     "sh-periodic": "sh",
     "sh-prefix": "sh",
+    "sh-grid": "sh",
+    "bn+sh-grid": "bn+sh",
+    "linear-sh-grid": "linear-sh",
     "bn+sh-periodic": "bn+sh",
 }
 OPTIONS = {
@@ -81,6 +97,9 @@ OPTIONS = {
     "sh-grouped": dict(scales=(3, 1, 3, 1)),
     "sh-periodic": dict(scales=(1, 2, 1, 2)),
     "sh-prefix": dict(scales=SCALES, num_prefix_tokens=1),
+    "sh-grid": dict(scales=SCALES, **GRID),
+    "bn+sh-grid": dict(scales=SCALES, **GRID),
+    "linear-sh-grid": dict(scales=SCALES, **GRID),
     "bn+sh-periodic": dict(scales=(1, 2, 1, 2)),
     "bn+sh": dict(scales=SCALES),
     "linear-sh": dict(scales=SCALES),
@@ -154,10 +173,11 @@ def test_fast_path_matches_reference(name, mask_kind, dtype):
 
 @pytest.mark.parametrize("name", [n for n in CASES if "causal" not in n and "sparse" not in n])
 def test_cross_attention_lengths(name):
-    """Queries and keys of different lengths (the SVR's test and training sets differ)."""
+    """Queries and keys of different lengths (the SVR's test and training sets differ; 11 keys for the grid
+    cases, whose keys are 1 + 2×5 tokens)."""
     fast, ref = CASES[name]
-    q, k, v = make_inputs(torch.float64, nq=5, nk=13)
-    mask = make_mask(3, 13, "padded")
+    q, k, v = make_inputs(torch.float64, nq=5, nk=11 if "grid" in name else 13)
+    mask = make_mask(3, k.shape[2], "padded")
     expected = ref(q, k, v, mask)
     bound = atol(name, torch.float64, q, k, mask, expected.abs().amax().item())
     T.assert_close_normwise(fast(q, k, v, mask), expected, bound, name)
@@ -228,6 +248,31 @@ def test_sequence_shorter_than_factor(name):
     assert out.shape == (3, 4, 3, 6) and torch.isfinite(out).all()
     expected = ref(q, k, v, None)
     T.assert_close_normwise(out, expected, atol(name, torch.float64, q, k, None, expected.abs().amax().item()), name)
+
+
+@pytest.mark.parametrize("grid", [(2, 4), (2, 6)])
+def test_grid_needs_its_patch_count(grid):
+    """A grid that does not tile the keys after the prefix is a clear error naming grid."""
+    q, k, v = make_inputs(torch.float64)
+    with pytest.raises(ValueError, match=r"grid \(2, \d\) needs 1 prefix tokens and 2×\d = \d+ patch tokens, got 11"):
+        F.attention(q, k, v, "sh", scales=SCALES, num_prefix_tokens=1, grid=grid)
+
+
+def test_grid_windows_are_neighbouring_patches():
+    """On a 4×4 grid, factor 4 pools 2×2 blocks: patches (0, 1, 4, 5) form the first window, not (0, 1, 2, 3)
+    as in raster order; factor 8 pools 2×4 blocks, the top and the bottom half of the image."""
+    from primaldual.functional.transforms import grid_window, pool_keys
+
+    assert [grid_window(r) for r in (1, 2, 3, 4, 6, 8, 9, 16)] == [
+        (1, 1), (1, 2), (1, 3), (2, 2), (2, 3), (2, 4), (3, 3), (4, 4)
+    ]  # fmt: skip
+    positions = torch.arange(16, dtype=torch.float64).view(1, 1, 16, 1)
+    pooled, _, _ = pool_keys(positions, positions, None, 4, grid=(4, 4))
+    assert pooled.flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
+    pooled, _, _ = pool_keys(positions, positions, None, 8, grid=(4, 4))
+    assert pooled.flatten().tolist() == [3.5, 11.5]
+    pooled, _, _ = pool_keys(positions[:, :, :15], positions[:, :, :15], None, 4, grid=(3, 5))  # borders
+    assert pooled.flatten().tolist() == [3.0, 5.0, 6.5, 10.5, 12.5, 14.0]
 
 
 def test_sh_with_factor_one_is_softmax():

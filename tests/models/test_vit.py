@@ -72,3 +72,23 @@ def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'deit_huge'"):
         vision_transformer("deit_huge")
     assert set(PRESETS) >= {"deit_tiny", "deit_small", "vit_28", "vit_28_p7"}
+
+
+@pytest.mark.parametrize("variant", ["sh", "bn+sh"])
+def test_grid_pooling_from_the_model(deit_tiny, images, variant):
+    """``grid=True`` takes the patch grid from the preset (7×7 for vit_28) or from the converted model's
+    ``patch_embed`` (14×14 for DeiT-tiny); the grid layer equals the functional grid SH of its projections, and
+    differs from raster pooling."""
+    import copy
+
+    model = vision_transformer("vit_28", variant, depth=1, grid=True)
+    assert model.blocks[0].attn.options.grid == (7, 7)
+    assert torch.isfinite(model(torch.randn(2, 1, 28, 28))).all()
+    converted = convert(copy.deepcopy(deit_tiny), variant, grid=True)
+    attn = converted.blocks[0].attn
+    assert attn.options.grid == (14, 14) and "grid=(14, 14)" in repr(attn)
+    tokens = torch.randn(2, 197, 192, generator=torch.Generator().manual_seed(2))
+    raster = convert(copy.deepcopy(deit_tiny), variant).blocks[0].attn
+    assert not torch.allclose(attn(tokens), raster(tokens))
+    with pytest.raises(ValueError, match=r"grid=True takes the patch grid from a timm model's patch_embed"):
+        convert(torch.nn.MultiheadAttention(8, 2, batch_first=True), variant, grid=True)

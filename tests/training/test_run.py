@@ -123,6 +123,7 @@ def test_config_unknown_keys_are_named(tmp_path: Path) -> None:
         ({"d_model": 30, "num_heads": 8}, ValueError, "divisible"),
         ({"scales": [1, 2]}, ValueError, "one factor per head"),
         ({"attention": "sparse"}, ValueError, "needs the option window"),
+        ({"sh_grid": True}, ValueError, "sh_grid pools an image.s patch grid: task image only"),
         ({"jitter": -0.1}, ValueError, "jitter must be >= 0"),
         ({"task": "listops", "dataset": "listops", "jitter": 0.1}, ValueError, "jitter applies to the timeseries task"),
     ],

@@ -84,6 +84,15 @@ def check_scales(scales: Sequence[int], num_heads: int | None = None) -> tuple[i
     return tuple(scales)
 
 
+def check_grid(grid: Sequence[int]) -> tuple[int, int]:
+    """``grid``: the patch grid ``(rows, cols)`` that grid SH pools, two integers ``>= 1``."""
+    if isinstance(grid, (str, Tensor)) or not isinstance(grid, Sequence) or len(grid) != 2:
+        raise TypeError(f"grid must be the patch grid (rows, cols), two integers, got {grid!r}")
+    if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid):
+        raise ValueError(f"grid must hold two integers >= 1 (rows, cols), got {tuple(grid)}")
+    return tuple(grid)
+
+
 def check_window(window: int) -> int:
     """``window``: the sparse half-width, an integer ``>= 0`` (query i sees keys with ``|i - j| <= window``)."""
     if isinstance(window, bool) or not isinstance(window, int):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .checks import check_scales, check_window
+from .checks import check_grid, check_scales, check_window
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ class AttentionOptions:
         causal: query i's SVR is fitted on its own past only, every variant (SPEC section 5, docs/theory.md):
             keys ``j <= i``, BN's prefix statistics, SH's complete past windows plus its open one.
         num_prefix_tokens: leading keys (class/register tokens) that SH keeps unpooled, ``>= 0``.
+        grid: SH on an image: the patch grid ``(rows, cols)`` of the keys after the prefix tokens; factor ``r``
+            then pools ``a × b`` windows of neighbouring patches (:func:`~primaldual.functional.transforms.grid_window`,
+            partial at the borders) rather than ``r`` consecutive patches in raster order (None, the default).
+            SH variants only, not causal.
 
     ``dataclasses.replace(options, eps=1e-3)`` (or :meth:`replace`) gives a new, re-validated object.
     """
@@ -81,6 +85,7 @@ class AttentionOptions:
     mean_weight: float = 1.0
     causal: bool = False
     num_prefix_tokens: int = 0
+    grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         spec = get_variant(self.variant)
@@ -98,11 +103,23 @@ class AttentionOptions:
         prefix = self.num_prefix_tokens
         if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
             raise ValueError(f"num_prefix_tokens must be an integer >= 0, got {prefix!r}")
+        if self.grid is not None:
+            if not spec.pooled or self.causal:
+                raise ValueError(
+                    f"grid (2D pooling of an image's patches) is used by the sh variants without causal=True, not "
+                    f"{self.variant!r}{' causal' if self.causal else ''}: a causal sequence is pooled in its order"
+                )
+            object.__setattr__(self, "grid", check_grid(self.grid))
 
     @property
     def spec(self) -> Variant:
         """The variant's composition: kernel, BN or not, key selection."""
         return VARIANTS[self.variant]
+
+    @property
+    def pooling(self) -> dict[str, Any]:
+        """SH's pooling settings as the keywords of :func:`~primaldual.functional.transforms.pool_keys`."""
+        return dict(num_prefix_tokens=self.num_prefix_tokens, grid=self.grid)
 
     def for_heads(self, num_heads: int) -> AttentionOptions:
         """These options for a layer of ``num_heads`` heads: SH's default factors filled in, given factors

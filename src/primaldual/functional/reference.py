@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .transforms import grid_window
+
 
 def allowed_matrix(
     nq: int, nk: int, key_padding_mask: Tensor | None, batch: int, *, causal: bool = False, window: int | None = None
@@ -137,27 +139,43 @@ def bn_attention(
     return out
 
 
-def pool(x: Tensor, valid: Tensor, factor: int, num_prefix_tokens: int = 0) -> tuple[Tensor, Tensor]:
-    """Mean of x ``(N, C)`` over windows ``[P + w·r, P + (w+1)·r)`` of valid rows (ceil mode), prefix kept.
+def pool(
+    x: Tensor, valid: Tensor, factor: int, num_prefix_tokens: int = 0, grid: tuple[int, int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mean of x ``(N, C)`` over the valid rows of each window, prefix kept: windows ``[P + w·r, P + (w+1)·r)``
+    (ceil mode), or with ``grid = (rows, cols)`` the patches ``P + y·cols + x`` of each ``a × b`` block of the
+    grid (``a × b = transforms.grid_window(r)``, blocks in raster order, partial at the borders).
 
-    Returns pooled ``(P + ceil((N-P)/r), C)`` and its validity (a window is valid if any row is)."""
+    Returns pooled ``(P + windows, C)`` and its validity (a window is valid if any row is)."""
     p = num_prefix_tokens
     rows, flags = [x[i] for i in range(min(p, x.shape[0]))], [bool(valid[i]) for i in range(min(p, x.shape[0]))]
-    for start in range(p, x.shape[0], factor):
-        window_valid = valid[start : start + factor]
-        window = x[start : start + factor][window_valid]
-        rows.append(window.mean(0) if window.shape[0] else torch.zeros_like(x[0]))
+    for window in _windows(x.shape[0], factor, p, grid):
+        window_valid = valid[window]
+        pooled = x[window][window_valid]
+        rows.append(pooled.mean(0) if pooled.shape[0] else torch.zeros_like(x[0]))
         flags.append(bool(window_valid.any()))
     return torch.stack(rows), torch.tensor(flags, device=x.device)
 
 
-def _per_head(q, k, v, scales, key_padding_mask, head_fn, num_prefix_tokens=0):
+def _windows(n: int, factor: int, p: int, grid: tuple[int, int] | None) -> list[list[int]]:
+    """The positions of each SH window of a sequence of n with p prefix tokens, in order."""
+    if grid is None:
+        return [list(range(start, min(start + factor, n))) for start in range(p, n, factor)]
+    (height, width), (a, b) = grid, grid_window(factor)
+    return [
+        [p + y * width + x for y in range(top, min(top + a, height)) for x in range(left, min(left + b, width))]
+        for top in range(0, height, a)
+        for left in range(0, width, b)
+    ]
+
+
+def _per_head(q, k, v, scales, key_padding_mask, head_fn, num_prefix_tokens=0, grid=None):
     out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
     for b in range(q.shape[0]):
         valid = _valid_keys(key_padding_mask, b, k.shape[2], q.device)
         for h, r in enumerate(scales):
             kv = torch.cat((k[b, h], v[b, h]), -1)
-            pooled, pooled_valid = pool(kv, valid, r, num_prefix_tokens)
+            pooled, pooled_valid = pool(kv, valid, r, num_prefix_tokens, grid)
             pk, pv = pooled[:, : k.shape[-1]], pooled[:, k.shape[-1] :]
             out[b, h] = head_fn(q[b, h][None, None], pk[None, None], pv[None, None], ~pooled_valid[None])[0, 0]
     return out
@@ -170,9 +188,11 @@ def sh_attention(
     scales: Sequence[int],
     key_padding_mask: Tensor | None = None,
     num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Attention-SH: head h is softmax attention on its keys and values pooled by ``scales[h]``."""
-    return _per_head(q, k, v, scales, key_padding_mask, softmax_attention, num_prefix_tokens)
+    """Attention-SH: head h is softmax attention on its keys and values pooled by ``scales[h]`` (1D windows, or
+    2D windows of the patch ``grid``: :func:`pool`)."""
+    return _per_head(q, k, v, scales, key_padding_mask, softmax_attention, num_prefix_tokens, grid)
 
 
 def bn_sh_attention(
@@ -183,10 +203,13 @@ def bn_sh_attention(
     key_padding_mask: Tensor | None = None,
     eps: float = 1e-5,
     mean_weight: float = 1.0,
+    num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Attention-BN+SH: pool each head's keys by its factor, then BN with the pooled keys' statistics."""
+    """Attention-BN+SH: pool each head's keys by its factor (as :func:`sh_attention`), then BN with the pooled
+    keys' statistics."""
     head = lambda q1, k1, v1, m1: bn_attention(q1, k1, v1, m1, eps=eps, mean_weight=mean_weight)  # noqa: E731
-    return _per_head(q, k, v, scales, key_padding_mask, head)
+    return _per_head(q, k, v, scales, key_padding_mask, head, num_prefix_tokens, grid)
 
 
 def linear_bn_attention(
@@ -204,10 +227,16 @@ def linear_bn_attention(
 
 
 def linear_sh_attention(
-    q: Tensor, k: Tensor, v: Tensor, scales: Sequence[int], key_padding_mask: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scales: Sequence[int],
+    key_padding_mask: Tensor | None = None,
+    num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
 ) -> Tensor:
-    """Linear attention on each head's keys and values pooled by ``scales[h]``."""
-    return _per_head(q, k, v, scales, key_padding_mask, linear_attention)
+    """Linear attention on each head's keys and values pooled by ``scales[h]`` (as :func:`sh_attention`)."""
+    return _per_head(q, k, v, scales, key_padding_mask, linear_attention, num_prefix_tokens, grid)
 
 
 def causal_training_set(

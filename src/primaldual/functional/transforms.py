@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -221,6 +222,7 @@ def pool_keys(
     factor: int,
     *,
     num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Average keys and values over non-overlapping windows of ``factor`` positions (Attention-SH).
 
@@ -228,45 +230,102 @@ def pool_keys(
     ``P = num_prefix_tokens`` positions (class/register tokens) are kept unpooled. The last window may
     be partial; padded keys are left out of each window's mean; a window is padding only if all its
     keys are (its pooled value is then 0). Returns the pooled mask, or None when nothing is padding.
+    ``grid``: the N - P keys are an image's patches ``(rows, cols)`` in raster order, pooled over 2D windows
+    (:func:`grid_window`) into ``P + ceil(rows/a)·ceil(cols/b)`` keys, windows in raster order.
     """
-    (pk, pv), pooled_mask = pool_sequence((k, v), key_padding_mask, factor, num_prefix_tokens=num_prefix_tokens)
+    prefix = num_prefix_tokens
+    (pk, pv), pooled_mask = pool_sequence((k, v), key_padding_mask, factor, num_prefix_tokens=prefix, grid=grid)
     return pk, pv, pooled_mask
 
 
+def grid_window(factor: int) -> tuple[int, int]:
+    """Grid SH's window for factor r: ``a × b`` patches (rows × cols) with ``a·b = r``, as square as r allows
+    (``a`` the largest divisor of r with ``a² <= r``): 1 -> 1×1, 2 -> 1×2, 4 -> 2×2, 8 -> 2×4, 16 -> 4×4."""
+    rows = max(a for a in range(1, math.isqrt(factor) + 1) if factor % a == 0)
+    return rows, factor // rows
+
+
 def pool_sequence(
-    tensors: Sequence[Tensor], key_padding_mask: Tensor | None, factor: int, *, num_prefix_tokens: int = 0
+    tensors: Sequence[Tensor],
+    key_padding_mask: Tensor | None,
+    factor: int,
+    *,
+    num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
 ) -> tuple[tuple[Tensor, ...], Tensor | None]:
     """:func:`pool_keys` of each of ``tensors`` along its second-to-last (sequence) dimension: keys and values
     ``(B, H, N, ·)``, or a layer's tokens ``(B, N, C)``; ``key_padding_mask`` ``(B, N)`` as there.
 
     Shape-generic: the window count and the padding of the last window are computed from N, so one
     ``torch.compile(dynamic=True)`` graph or exported program serves every length. Eager calls with full
-    windows and no mask take a view-and-mean shortcut (equal to the generic path).
+    windows and no mask take a view-and-mean shortcut (equal to the generic path). ``grid``: 2D windows of the
+    patch grid, as in :func:`pool_keys`.
     """
     p, length = num_prefix_tokens, tensors[0].shape[-2] - num_prefix_tokens
     if factor == 1 or length <= 0:
         return tuple(tensors), key_padding_mask
-    windows = (length + factor - 1) // factor
-    extra = windows * factor - length  # positions missing from the last window
-    if key_padding_mask is None and not tracing() and extra == 0:
-        pooled = [t[..., p:, :].unflatten(-2, (windows, factor)).mean(-2) for t in tensors]
-        pooled_mask = None
+    body = [t[..., p:, :] for t in tensors]
+    valid = None if key_padding_mask is None else ~key_padding_mask[:, p:]
+    if grid is not None:
+        pooled, pooled_valid = _pool_grid(body, valid, factor, grid)
     else:
-        if key_padding_mask is None:  # a window's count: factor, the last one possibly fewer
-            ends = torch.arange(1, windows + 1, device=tensors[0].device) * factor
-            weights, count = None, (length - ends + factor).clamp(max=factor).to(tensors[0].dtype)[:, None]
-        else:  # (B, 1.., W, r, 1), broadcast over the dimensions between batch and sequence
-            valid = F.pad((~key_padding_mask[:, p:]).to(tensors[0].dtype), (0, extra))
-            weights = valid.view(valid.shape[0], *[1] * (tensors[0].dim() - 3), windows, factor, 1)
-            count = weights.sum(-2)
-        pooled = [_window_sums(t[..., p:, :], weights, windows, factor, extra) / count.clamp_min(1) for t in tensors]
-        # count (B, 1.., W, 1) -> (B, W) by indexing: a reshape makes torch.export guard ``1 % W != 0``
-        pooled_mask = None if key_padding_mask is None else count[(slice(None), *[0] * (count.dim() - 3), ..., 0)] == 0
+        pooled, pooled_valid = _pool_raster(body, valid, factor)
+    pooled_mask = None if pooled_valid is None else ~pooled_valid
     if p:
         pooled = [torch.cat((t[..., :p, :], pt), -2) for t, pt in zip(tensors, pooled)]
         if pooled_mask is not None:
             pooled_mask = torch.cat((key_padding_mask[:, :p], pooled_mask), 1)
     return tuple(pooled), pooled_mask
+
+
+def _pool_raster(body: list[Tensor], valid: Tensor | None, factor: int) -> tuple[list[Tensor], Tensor | None]:
+    """:func:`pool_sequence` of the tokens after the prefix, ``(.., L, C)``, over windows of ``factor``
+    consecutive positions; ``valid`` ``(B, L)`` or None. The pooled tokens and their validity ``(B, W)``."""
+    length = body[0].shape[-2]
+    windows = (length + factor - 1) // factor
+    extra = windows * factor - length  # positions missing from the last window
+    if valid is None and not tracing() and extra == 0:
+        return [t.unflatten(-2, (windows, factor)).mean(-2) for t in body], None
+    if valid is None:  # a window's count: factor, the last one possibly fewer
+        ends = torch.arange(1, windows + 1, device=body[0].device) * factor
+        weights, count = None, (length - ends + factor).clamp(max=factor).to(body[0].dtype)[:, None]
+    else:  # (B, 1.., W, r, 1), broadcast over the dimensions between batch and sequence
+        padded = F.pad(valid.to(body[0].dtype), (0, extra))
+        weights = padded.view(padded.shape[0], *[1] * (body[0].dim() - 3), windows, factor, 1)
+        count = weights.sum(-2)
+    pooled = [_window_sums(t, weights, windows, factor, extra) / count.clamp_min(1) for t in body]
+    return pooled, None if valid is None else _count_valid(count)
+
+
+def _count_valid(count: Tensor) -> Tensor:
+    """A window count ``(B, 1.., W, 1)`` as the windows' validity ``(B, W)``, by indexing: a reshape makes
+    torch.export guard ``1 % W != 0``."""
+    return count[(slice(None), *[0] * (count.dim() - 3), ..., 0)] > 0
+
+
+def _pool_grid(
+    body: list[Tensor], valid: Tensor | None, factor: int, grid: tuple[int, int]
+) -> tuple[list[Tensor], Tensor | None]:
+    """:func:`pool_sequence` of an image's patch tokens ``(.., rows·cols, C)`` over the 2D windows of
+    :func:`grid_window`: the patches zero-padded to whole windows, each window's (valid) sum divided by its
+    count of (valid) patches."""
+    rows, cols = grid
+    if body[0].shape[-2] != rows * cols:
+        raise ValueError(f"grid {grid} needs {rows * cols} patch tokens after the prefix, got {body[0].shape[-2]}")
+    a, b = grid_window(factor)
+    shape = (-(-rows // a), a, -(-cols // b), b)
+    pad = (0, 0, 0, shape[2] * b - cols, 0, shape[0] * a - rows)
+
+    def sums(x: Tensor) -> Tensor:  # (.., rows·cols, C) -> (.., windows, C)
+        x = F.pad(x.unflatten(-2, (rows, cols)), pad).unflatten(-3, shape[:2]).unflatten(-2, shape[2:])
+        return x.sum((-4, -2)).flatten(-3, -2)
+
+    if valid is None:
+        count = sums(torch.ones(rows * cols, 1, device=body[0].device, dtype=body[0].dtype))
+        return [sums(t) / count for t in body], None
+    weights = valid.to(body[0].dtype).view(valid.shape[0], *[1] * (body[0].dim() - 3), -1, 1)
+    count = sums(weights)
+    return [sums(t * weights) / count.clamp_min(1) for t in body], _count_valid(count)
 
 
 def _window_sums(x: Tensor, weights: Tensor | None, windows: int, factor: int, extra: int) -> Tensor:

@@ -81,6 +81,12 @@ def sh_factors(options: AttentionOptions, num_heads: int, num_keys: int) -> tupl
     if options.scales is None:
         raise ValueError(f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({num_heads})")
     scales = check_scales(options.scales, num_heads)
+    if options.grid is not None and num_keys - options.num_prefix_tokens != options.grid[0] * options.grid[1]:
+        rows, cols = options.grid
+        raise ValueError(
+            f"grid {options.grid} needs {options.num_prefix_tokens} prefix tokens and {rows}×{cols} = {rows * cols} "
+            f"patch tokens, got {num_keys} keys"
+        )
     if tracing():  # a graph for every length: no guard on N (pooling is shape-generic)
         return scales
     pooled = max(1, num_keys - options.num_prefix_tokens)
@@ -181,9 +187,8 @@ def attention(
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
     groups = head_split(scales)
-    prefix = options.num_prefix_tokens
     pooled = (
-        pool_keys(kh, vh, key_padding_mask, factor, num_prefix_tokens=prefix)
+        pool_keys(kh, vh, key_padding_mask, factor, **options.pooling)
         for factor, kh, vh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups))
     )
     return _evaluate_groups(options, q, groups, pooled, dropout_p)
@@ -277,8 +282,7 @@ def self_attention(
     weights = weight.index_select(0, index).split(sizes)
     biases = [None] * len(sizes) if bias is None else bias.index_select(0, index).split(sizes)
     q, *direct = F.linear(x, weights[0], biases[0]).split(widths[0], -1)
-    prefix = options.num_prefix_tokens
-    tokens = {f: pool_sequence((x,), key_padding_mask, f, num_prefix_tokens=prefix) for f in set(groups.factors)}
+    tokens = {f: pool_sequence((x,), key_padding_mask, f, **options.pooling) for f in set(groups.factors)}
 
     def pooled_keys() -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
         unpooled, projections = iter(direct), zip(weights[1:], biases[1:])

@@ -67,9 +67,7 @@ def attention_weights(
         # Pooling the identity with the keys' own windows and mask gives spread[w, j] = 1/|valid keys of w|
         # for valid j in window w: the map from pooled keys back to the original ones.
         spread_identity = identity.expand(b, kh.shape[1], nk, nk)
-        pooled, spread, mask = pool_keys(
-            kh, spread_identity, key_padding_mask, factor, num_prefix_tokens=options.num_prefix_tokens
-        )
+        pooled, spread, mask = pool_keys(kh, spread_identity, key_padding_mask, factor, **options.pooling)
         weights.append(_kernel_weights(options, qh, pooled, mask) @ spread)
     return join_heads(weights, groups)
 

@@ -2,8 +2,9 @@
 :func:`primaldual.convert` swaps the attention in place).
 
 SH on image tokens: the sequence is [class/register tokens, patch tokens]; SH pools only the patch tokens
-(in raster order, windows of ``r`` consecutive patches) and keeps the ``num_prefix_tokens`` leading tokens
-unpooled, so the class token stays a key of every head.
+(in raster order, windows of ``r`` consecutive patches, or with ``grid=True`` 2D windows of neighbouring
+patches) and keeps the ``num_prefix_tokens`` leading tokens unpooled, so the class token stays a key of every
+head.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def vision_transformer(
 
     ``options`` named like a field of ``AttentionOptions`` (``scales``, ``window``, ``eps``, ``mean_weight``, ...)
     set the attention; the others go to ``VisionTransformer`` (e.g. ``drop_path_rate``, ``in_chans``). The class
-    token is a prefix token (SH keeps it unpooled).
+    token is a prefix token (SH keeps it unpooled). ``grid=True``: SH pools 2D windows of the model's patch grid
+    (``img_size / patch_size`` on each side; ``False``: raster windows, the default).
     """
     from timm.models.vision_transformer import VisionTransformer
 
@@ -43,5 +45,10 @@ def vision_transformer(
         raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     attention_options = {"num_prefix_tokens": 1, **{k: v for k, v in options.items() if k in FIELDS}}
     vit_options = {**PRESETS[preset], **{k: v for k, v in options.items() if k not in FIELDS}}
+    if attention_options.get("grid") is True:
+        side = vit_options["img_size"] // vit_options["patch_size"]
+        attention_options["grid"] = (side, side)
+    elif attention_options.get("grid") is False:
+        del attention_options["grid"]
     layer = Attention.configure(options=resolve_options(variant, attention_options))
     return VisionTransformer(num_classes=num_classes, attn_layer=layer, **vit_options)

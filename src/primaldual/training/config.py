@@ -165,6 +165,11 @@ class TrainConfig:
         None, "SH downsampling factor per head, used by the sh variants (default: 1 2 4 8 repeated)"
     )
     window: int | None = _option(None, "half-width of the sliding window, used (and needed) by the sparse variant")
+    sh_grid: bool = _option(
+        False,
+        "image task: SH pools 2D windows of neighbouring patches (factor r as an a x b window: 2 -> 1x2, "
+        "4 -> 2x2, 8 -> 2x4) rather than r consecutive patches in raster order; used by the sh variants",
+    )
     eps: float = _option(1e-5, "BN variance floor, used by the bn variants")
     mean_weight: float = _option(1.0, "BN weight beta on the key mean, used by the bn variants")
     model: str = _option(
@@ -303,6 +308,8 @@ class TrainConfig:
         heads = self.heads
         if self.scales is not None and len(self.scales) != heads:
             raise ValueError(f"config option scales needs one factor per head ({heads}), got {self.scales}")
+        if self.sh_grid and self.task != "image":
+            raise ValueError(f"config option sh_grid pools an image's patch grid: task image only, not {self.task!r}")
         if get_variant(self.attention).windowed and self.window is None:
             raise ValueError(f"attention {self.attention!r} needs the option window (an integer >= 0)")
 

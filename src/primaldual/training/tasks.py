@@ -55,6 +55,7 @@ from ..data.listops import load_listops, load_listops_tsv
 from ..data.sequences import SequenceData, SequenceSplit, TokenData, TokenSplit
 from ..data.splits import stratified_split
 from ..data.uea import load_uea
+from ..functional import get_variant
 from ..models import SequenceClassifier
 from ..models.causal_lm import causal_lm
 from ..models.vit import PRESETS, vision_transformer
@@ -125,6 +126,7 @@ def build_model(config: TrainConfig, data: TaskData) -> nn.Module:
         return vision_transformer(
             config.model,
             config.attention_options().replace(num_prefix_tokens=1),
+            grid=config.sh_grid and get_variant(config.attention).pooled,
             num_classes=data.num_classes,
             img_size=data.image_size,
             in_chans=data.channels,
