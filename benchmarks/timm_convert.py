@@ -21,7 +21,8 @@ import torch
 
 from benchmarks import publish
 
-#: The default sweep: timm's plain ViTs and their rotary-embedding relatives, and families still refused.
+#: The default sweep: timm's plain ViTs, their rotary-embedding and relative-position-bias relatives (BEiT, the
+#: relpos ViTs, Swin), and the families convert refuses, each with its reason.
 MODELS = (
     "vit_tiny_patch16_224",
     "deit_tiny_patch16_224",
@@ -38,9 +39,19 @@ MODELS = (
     "vit_small_patch16_rope_mixed_224",
     "vit_small_patch16_rope_ape_224",
     "beit_base_patch16_224",
+    "beitv2_base_patch16_224",
+    "vit_relpos_base_patch16_224",
+    "vit_relpos_medium_patch16_cls_224",
+    "vit_relpos_base_patch16_rpn_224",
     "swin_tiny_patch4_window7_224",
     "cait_xxs24_224",
     "xcit_nano_12_p16_224",
+    "levit_128s",
+    "mvitv2_tiny",
+    "samvit_base_patch16",
+    "twins_svt_small",
+    "tnt_s_patch16_224",
+    "swinv2_tiny_window8_256",
 )
 
 

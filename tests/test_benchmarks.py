@@ -158,5 +158,5 @@ def test_timm_convert_sweep_writes_conversions_and_refusals(tmp_path):
     )
     eva, cait = rows
     assert eva["converted"] == 1 and eva["softmax_max_difference"] == 0.0 and eva["variants_finite"]
-    assert cait["converted"] == 0 and "ClassAttn" in cait["refused"]
+    assert cait["converted"] == 0 and "TalkingHeadAttn. CaiT's talking-heads attention" in cait["refused"]
     assert (tmp_path / "timm_convert.md").read_text().count("\n") == 4

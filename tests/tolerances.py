@@ -382,7 +382,8 @@ def standardized_atol(dtype: torch.dtype, mean, std, largest: float, terms: int 
 
 class RecordLayerSizes:
     """Records S (:func:`variant_law`) of every :class:`primaldual.Attention` call within the block in
-    :attr:`sizes`, from the layer's queries and keys (``Attention.project``) and its key padding mask."""
+    :attr:`sizes`, from the layer's queries and keys (``Attention.project``) and its key padding mask, plus the
+    largest |bias| of a call with an additive score bias."""
 
     def __enter__(self):
         from primaldual.layers import Attention
@@ -390,12 +391,15 @@ class RecordLayerSizes:
         self.original, self.sizes = Attention.forward, []
         original, sizes = self.original, self.sizes
 
-        def recording(layer, x, key_padding_mask=None, attn_mask=None, is_causal=False, rope=None):
+        def recording(layer, x, key_padding_mask=None, attn_mask=None, is_causal=False, rope=None, attn_bias=None):
             with torch.no_grad():
                 q, k, _ = layer.project(x, rope)  # the variant sees the rotated queries and keys
             options = layer.options.replace(causal=True) if is_causal else layer.options
-            sizes.append(variant_law(options, q, k, key_padding_mask)["size"])
-            return original(layer, x, key_padding_mask, attn_mask, is_causal, rope)
+            size = variant_law(options, q, k, key_padding_mask)["size"]
+            if attn_bias is not None:  # the bias is a score term of its own
+                size += attn_bias.detach().abs().amax().item()
+            sizes.append(size)
+            return original(layer, x, key_padding_mask, attn_mask, is_causal, rope, attn_bias)
 
         Attention.forward = recording
         return self

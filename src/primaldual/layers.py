@@ -111,13 +111,16 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
         rope: Tensor | None = None,
+        attn_bias: Tensor | None = None,
     ) -> Tensor:
         """x ``(B, N, dim)`` -> ``(B, N, dim_out)``. ``key_padding_mask`` bool ``(B, N)``, True at padding.
         ``attn_mask`` exists for timm's call signature and must be None; ``is_causal`` makes this call causal.
         ``rope``: a rotary embedding ``cat(sin, cos)`` ``(.., N - P, 2·head_dim)`` applied to the queries and keys
         after ``q_norm``/``k_norm``, the P prefix tokens left as they are (timm's EVA, EVA02, DINOv3; layout
         :attr:`rotate_half`); the variant then sees the rotated queries and keys (BN their statistics, SH pools
-        them and the values)."""
+        them and the values). ``attn_bias``: an additive score bias broadcastable to ``(B, H, N, N)`` (a relative
+        position bias: BEiT's, Swin's), added after the scale (BN: after normalisation; SH pools it with the keys,
+        SPEC section 5)."""
         if x.dim() != 3:
             raise ValueError(f"x must be (batch, seq, dim), got shape {tuple(x.shape)}")
         if attn_mask is not None:
@@ -125,8 +128,9 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         options = self.options if not is_causal or self.options.causal else self.options.replace(causal=True)
         dropout_p = self.attn_drop.p if self.training else 0.0
-        if rope is not None:
-            out = attention(*self.project(x, rope), options, key_padding_mask=key_padding_mask, dropout_p=dropout_p)
+        if rope is not None or attn_bias is not None:
+            qkv = self.project(x, rope)
+            out = attention(*qkv, options, key_padding_mask=key_padding_mask, dropout_p=dropout_p, attn_bias=attn_bias)
         elif isinstance(self.q_norm, nn.Identity) and isinstance(self.k_norm, nn.Identity):  # SH pools x first
             weight, bias = self.qkv.weight, self.qkv.bias
             out = self_attention(

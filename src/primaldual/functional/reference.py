@@ -169,15 +169,20 @@ def _windows(n: int, factor: int, p: int, grid: tuple[int, int] | None) -> list[
     ]
 
 
-def _per_head(q, k, v, scales, key_padding_mask, head_fn, num_prefix_tokens=0, grid=None):
+def _per_head(q, k, v, scales, key_padding_mask, head_fn, num_prefix_tokens=0, grid=None, bias=None):
+    """Each head on its keys and values pooled by its factor; a bias ``(B|1, H|1, Nq, Nk)``: each pooled key's is
+    the mean bias of the valid keys it pools (SPEC section 5), passed to ``head_fn`` as ``bias=``."""
     out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype, device=q.device)
+    if bias is not None:
+        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
     for b in range(q.shape[0]):
         valid = _valid_keys(key_padding_mask, b, k.shape[2], q.device)
         for h, r in enumerate(scales):
-            kv = torch.cat((k[b, h], v[b, h]), -1)
-            pooled, pooled_valid = pool(kv, valid, r, num_prefix_tokens, grid)
-            pk, pv = pooled[:, : k.shape[-1]], pooled[:, k.shape[-1] :]
-            out[b, h] = head_fn(q[b, h][None, None], pk[None, None], pv[None, None], ~pooled_valid[None])[0, 0]
+            parts = (k[b, h], v[b, h]) if bias is None else (k[b, h], v[b, h], bias[b, h].T)
+            pooled, pooled_valid = pool(torch.cat(parts, -1), valid, r, num_prefix_tokens, grid)
+            pk, pv, pb = pooled.split([t.shape[-1] for t in parts] + [0] * (3 - len(parts)), -1)
+            extra = {} if bias is None else {"bias": pb.T[None, None]}
+            out[b, h] = head_fn(q[b, h][None, None], pk[None, None], pv[None, None], ~pooled_valid[None], **extra)[0, 0]
     return out
 
 
@@ -189,10 +194,11 @@ def sh_attention(
     key_padding_mask: Tensor | None = None,
     num_prefix_tokens: int = 0,
     grid: tuple[int, int] | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
     """Attention-SH: head h is softmax attention on its keys and values pooled by ``scales[h]`` (1D windows, or
-    2D windows of the patch ``grid``: :func:`pool`)."""
-    return _per_head(q, k, v, scales, key_padding_mask, softmax_attention, num_prefix_tokens, grid)
+    2D windows of the patch ``grid``: :func:`pool`); an additive score ``bias`` is pooled with the keys."""
+    return _per_head(q, k, v, scales, key_padding_mask, softmax_attention, num_prefix_tokens, grid, bias)
 
 
 def bn_sh_attention(
@@ -205,11 +211,12 @@ def bn_sh_attention(
     mean_weight: float = 1.0,
     num_prefix_tokens: int = 0,
     grid: tuple[int, int] | None = None,
+    bias: Tensor | None = None,
 ) -> Tensor:
-    """Attention-BN+SH: pool each head's keys by its factor (as :func:`sh_attention`), then BN with the pooled
-    keys' statistics."""
-    head = lambda q1, k1, v1, m1: bn_attention(q1, k1, v1, m1, eps=eps, mean_weight=mean_weight)  # noqa: E731
-    return _per_head(q, k, v, scales, key_padding_mask, head, num_prefix_tokens, grid)
+    """Attention-BN+SH: pool each head's keys (and ``bias``) by its factor (as :func:`sh_attention`), then BN with
+    the pooled keys' statistics."""
+    head = lambda q1, k1, v1, m1, **b: bn_attention(q1, k1, v1, m1, eps=eps, mean_weight=mean_weight, **b)  # noqa: E731
+    return _per_head(q, k, v, scales, key_padding_mask, head, num_prefix_tokens, grid, bias)
 
 
 def linear_bn_attention(

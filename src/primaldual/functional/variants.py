@@ -138,14 +138,15 @@ def _fit_and_evaluate(
 
 def check_bias(options: AttentionOptions, bias: Tensor | None, q: Tensor, k: Tensor) -> None:
     """``attn_bias``: None, or a floating-point score bias broadcastable to ``(B, H, Nq, Nk)``, for the variants
-    that have scores to add it to without pooling (softmax, sparse, bn)."""
+    with scores to add it to (softmax, sparse, bn; sh and bn+sh pool it with the keys, not causal)."""
     if bias is None:
         return
     spec = options.spec
-    if spec.pooled or spec.kernel != "softmax":
+    if spec.kernel != "softmax" or (spec.pooled and options.causal):
         raise ValueError(
-            f"attn_bias (an additive score bias such as T5's position_bias) is supported by softmax, sparse and bn, "
-            f"not {options.variant!r}: SH pools the keys the bias is defined on, the linear kernel has no scores"
+            f"attn_bias (an additive score bias such as T5's position_bias) is supported by softmax, sparse, bn "
+            f"and (not causal) sh, bn+sh, not {options.variant!r}{' causal' if options.causal else ''}: the "
+            "linear kernel has no scores, causal SH's open window has no pooled bias (SPEC section 5)"
         )
     if not isinstance(bias, Tensor) or not bias.is_floating_point() or bias.dim() != 4:
         raise ValueError(f"attn_bias must be a floating-point tensor (batch, heads, queries, keys), got {bias!r:.60}")
@@ -171,8 +172,9 @@ def attention(
     ``eps``, ``mean_weight``, ``causal``, ``num_prefix_tokens``: see :class:`AttentionOptions`), or an
     :class:`AttentionOptions` made once (the layers' way: nothing but the tensors is checked per call).
     ``key_padding_mask``: bool ``(B, Nk)``, True at padding. ``dropout_p``: dropout on the softmax weights.
-    ``attn_bias``: an additive score bias broadcastable to ``(B, H, Nq, Nk)`` (T5's ``position_bias``, ALiBi), added
-    after the scale (BN: after normalisation); softmax, sparse and bn only (SPEC section 5).
+    ``attn_bias``: an additive score bias broadcastable to ``(B, H, Nq, Nk)`` (T5's ``position_bias``, ALiBi, BEiT's
+    relative position bias), added after the scale (BN: after normalisation); SH adds to a pooled key the mean
+    bias of the keys it pools (SPEC section 5; not causal); the linear kernel has no scores to add it to.
     """
     options = resolve_options(variant, options)
     scales = check_inputs(options, q, k, v, key_padding_mask)
@@ -180,12 +182,14 @@ def attention(
     check_bias(options, attn_bias, q, k)
     if not reads_grouped_keys(options):
         k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
-    if attn_bias is not None:
+    if scales is None and attn_bias is not None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p, attn_bias)
     if options.causal and (scales is not None or options.spec.kernel == "linear"):
         return _causal_groups(options, q, k, v, key_padding_mask, scales or (1,), dropout_p)
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
+    if attn_bias is not None:
+        return _pooled_with_bias(options, q, k, v, key_padding_mask, scales, attn_bias, dropout_p)
     groups = head_split(scales)
     pooled = (
         pool_keys(kh, vh, key_padding_mask, factor, **options.pooling)
@@ -194,15 +198,38 @@ def attention(
     return _evaluate_groups(options, q, groups, pooled, dropout_p)
 
 
+def _pooled_with_bias(
+    options: AttentionOptions,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    scales: Sequence[int],
+    bias: Tensor,
+    dropout_p: float,
+) -> Tensor:
+    """SH with an additive score bias ``(B|1, H|1, Nq, Nk)``: a pooled key's bias is the mean of the biases of the
+    keys it pools (SPEC section 5), pooled with the same windows and mask as the keys."""
+    groups = head_split(scales)
+    biases = split_heads(bias.expand(q.shape[0], q.shape[1], -1, -1), groups)
+    pooled = []
+    for factor, kh, vh, bh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups), biases):
+        (pk, pv, pb), pooled_mask = pool_sequence((kh, vh, bh.transpose(-2, -1)), mask, factor, **options.pooling)
+        pooled.append((pk, pv, pooled_mask, pb.transpose(-2, -1)))
+    return _evaluate_groups(options, q, groups, pooled, dropout_p)
+
+
 def _evaluate_groups(
     options: AttentionOptions,
     q: Tensor,
     groups: HeadSplit,
-    keys: Iterable[tuple[Tensor, Tensor, Tensor | None]],
+    keys: Iterable[tuple[Tensor, ...]],
     dropout_p: float,
 ) -> Tensor:
-    """SH: each group of q's heads against its ``(keys, values, key mask)``, joined in head order."""
-    outputs = [_fit_and_evaluate(options, qh, *kvm, dropout_p) for qh, kvm in zip(split_heads(q, groups), keys)]
+    """SH: each group of q's heads against its ``(keys, values, key mask[, score bias])``, joined in head order."""
+    outputs = [
+        _fit_and_evaluate(options, qh, *kvm[:3], dropout_p, *kvm[3:]) for qh, kvm in zip(split_heads(q, groups), keys)
+    ]
     return join_heads(outputs, groups)
 
 

@@ -60,7 +60,8 @@ def attend(
 
     ``pattern``: the host's mask (None: no mask; then ``causal`` says whether query i sees keys ``j <= Nk - Nq + i``
     or all of them). ``scaling``: the host's score scale in place of ``1/√D`` (None: ``1/√D``). ``bias``: an
-    additive score bias ``(B or 1, H or 1, Nq, Nk)`` (T5's ``position_bias``): softmax, sparse and bn.
+    additive score bias ``(B or 1, H or 1, Nq, Nk)`` (T5's ``position_bias``): softmax, sparse, bn, and SH
+    (pooled with the keys) when not causal.
     """
     nq, nk = q.shape[2], k.shape[2]
     if pattern is None:

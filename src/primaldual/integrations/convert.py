@@ -16,8 +16,39 @@ KNOWN = (
     "timm.layers.Attention",
     "timm.layers.attention.AttentionRope",
     "timm.models.eva.EvaAttention",
+    "timm.models.beit.Attention",
+    "timm.models.vision_transformer_relpos.RelPosAttention",
+    "timm.models.swin_transformer.WindowAttention",
     "torch.nn.MultiheadAttention",
 )
+
+#: Attention modules that :func:`convert` refuses, and why: each is something other than one softmax over a
+#: head's keys whose scores a variant could replace (docs/use-in-your-model.md, "timm models").
+REFUSED = {
+    "timm.models.xcit.XCA": "XCiT's cross-covariance attention attends across channels (a D×D softmax of "
+    "normalised keys against queries per head), not across tokens: there are no per-token keys for BN's "
+    "statistics or SH's pooling to act on",
+    "timm.models.cait.TalkingHeadAttn": "CaiT's talking-heads attention mixes the heads' scores linearly before "
+    "and after the softmax: a head's output is not one SVR's dual, and SH's heads, fitted on different pooled "
+    "keys, have no common scores to mix",
+    "timm.models.levit.Attention": "LeViT's attention uses BatchNorm-folded convolutions for q, k, v, a learned "
+    "per-head bias table indexed by offsets, and a hard-swish before its projection; not converted",
+    "timm.models.levit.AttentionDownsample": "LeViT's attention downsamples its queries with a strided "
+    "subsample inside the attention; not converted",
+    "timm.models.mvitv2.MultiScaleAttention": "MViTv2's pooling attention pools q, k and v with convolutions "
+    "and adds decomposed relative positions computed from the queries; SH's pooling would compete with its "
+    "own: not converted",
+    "timm.models.vision_transformer_sam.Attention": "SAM-ViT's attention takes (B, H, W, C) windows and adds "
+    "decomposed relative positions computed from the queries (a query-dependent bias); not converted",
+    "timm.models.twins.GlobalSubSampleAttn": "Twins' global sub-sampled attention takes keys and values from a "
+    "strided convolution of the image (its own spatial reduction); not converted",
+    "timm.models.twins.LocallyGroupedAttn": "Twins' locally-grouped attention partitions the image into "
+    "windows inside the module; not converted",
+    "timm.models.tnt.Attention": "TNT's attentions project queries/keys and values to different widths and "
+    "run at two levels (pixels inside a patch, patches); not converted",
+    "timm.models.swin_transformer_v2.WindowAttention": "Swin V2's window attention is cosine attention with "
+    "a learned logit scale and a continuous position-bias MLP: its scores are not q·k/√D",
+}
 
 
 def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -> nn.Module:
@@ -37,6 +68,7 @@ def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -
     if options.get("grid") is True:
         options["grid"] = patch_grid(model)
     resolved = resolve_options(variant, options)
+    _refuse_unsupported(model)
     replaced = convert_timm(model, resolved)
     model, count = convert_multihead_attention(model, resolved)
     if not replaced + count:
@@ -44,6 +76,18 @@ def convert(model: nn.Module, variant: str | AttentionOptions, **options: Any) -
         having = f"; its attention modules are {', '.join(found)}, which convert does not know" if found else ""
         raise ValueError(f"model has no module to convert (expected one of {', '.join(KNOWN)}){having}")
     return model
+
+
+def _refuse_unsupported(model: nn.Module) -> None:
+    """A ValueError naming the first module of :data:`REFUSED` in ``model`` (by module path) and the reason, before
+    anything is converted."""
+    for path, module in model.named_modules():
+        reason = REFUSED.get(f"{type(module).__module__}.{type(module).__qualname__}")
+        if reason is not None:
+            where = f"its module {path!r}" if path else "it"
+            raise ValueError(
+                f"{type(model).__name__} cannot be converted: {where} is {type(module).__name__}. {reason}"
+            )
 
 
 def patch_grid(model: nn.Module) -> tuple[int, int]:

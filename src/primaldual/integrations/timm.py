@@ -17,6 +17,7 @@ from torch import nn
 
 from ..functional import AttentionOptions
 from ..layers import Attention
+from .timm_bias import biased_class, keep_parts
 
 PARTS = ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "gate", "proj", "proj_drop")
 
@@ -41,6 +42,9 @@ def convert_timm(model: nn.Module, options: AttentionOptions) -> int:
                 rotary = options.replace(num_prefix_tokens=child.num_prefix_tokens)
                 new = _converted(child, rotary, qkv=_fused_qkv(child))
                 new.rotate_half = child.rotate_half
+            elif (biased := biased_class(child)) is not None:
+                new = _converted(child, _window_grid(child, options), qkv=_fused_qkv(child), cls=biased[0])
+                keep_parts(new, child, biased[1])
             else:
                 continue
             setattr(parent, name, new)
@@ -48,13 +52,25 @@ def convert_timm(model: nn.Module, options: AttentionOptions) -> int:
     return replaced
 
 
-def _converted(child: nn.Module, options: AttentionOptions, qkv: nn.Linear) -> Attention:
-    """A ``primaldual.Attention`` made of ``child``'s parts, with the fused projection ``qkv``."""
-    new = Attention(qkv.in_features, child.num_heads, child.head_dim, device="meta", options=options)
-    for part in PARTS:
-        setattr(new, part, qkv if part == "qkv" else getattr(child, part, None))
+def _converted(
+    child: nn.Module, options: AttentionOptions, qkv: nn.Linear, cls: type[Attention] = Attention
+) -> Attention:
+    """A ``primaldual.Attention`` (or subclass ``cls``) made of ``child``'s parts, with the fused projection
+    ``qkv``."""
+    head_dim = qkv.out_features // (3 * child.num_heads)
+    new = cls(qkv.in_features, child.num_heads, head_dim, device="meta", options=options)
+    for part in PARTS:  # a part the child lacks stays the new layer's own (Identity, no gate)
+        if part == "qkv" or hasattr(child, part):
+            setattr(new, part, qkv if part == "qkv" else getattr(child, part))
     new.train(child.training)
     return new
+
+
+def _window_grid(child: nn.Module, options: AttentionOptions) -> AttentionOptions:
+    """Grid SH in a Swin window pools the window's own grid (``window_size``), not the image's."""
+    if options.grid is None or not hasattr(child, "window_area"):
+        return options
+    return options.replace(grid=tuple(child.window_size), num_prefix_tokens=0)
 
 
 def _fused_qkv(child: nn.Module) -> nn.Linear:
@@ -65,7 +81,7 @@ def _fused_qkv(child: nn.Module) -> nn.Linear:
             f"{type(child).__name__} with grouped-query attention ({child.num_heads} query heads, {child.num_kv_heads} "
             "key/value heads) cannot be converted: primaldual.Attention has a key and value head per query head"
         )
-    if child.qkv is not None:
+    if getattr(child, "qkv", None) is not None:
         if getattr(child, "q_bias", None) is None:
             return child.qkv
         weight, bias = child.qkv.weight, torch.cat((child.q_bias, child.k_bias, child.v_bias))

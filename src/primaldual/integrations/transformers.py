@@ -20,7 +20,8 @@ compiles without a graph break (:mod:`~primaldual.integrations.masks`); the call
   queries are the last positions, so greedy generation gives the same tokens with and without the cache); a
   static cache's unfilled tail (keys no query sees are padding); :class:`PrimalDualCache`, each variant's own
   decoding state.
-* additive score biases (T5's ``position_bias``): added to the scores of softmax, sparse and bn.
+* additive score biases (T5's ``position_bias``): added to the scores of softmax, sparse and bn; SH pools them
+  with the keys (not causal).
 * grouped-query attention: keys and values kept per key head where the variant reads them so (softmax: SDPA's
   ``enable_gqa``; causal BN: statistics per key head), repeated to the query heads otherwise (``repeat_kv``).
 * the module's ``scaling`` in place of ``1/√D`` (BN: ``scaling · x̂(q)ᵀx̂(k)``; the linear kernel has no scale).
