@@ -78,3 +78,29 @@ def test_efficiency_rejects_bad_arguments():
         efficiency(["sh"], [0])
     with pytest.raises(ValueError, match="unknown variant"):
         efficiency(["fast"], [16])
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (15, 17)])
+def test_grid_sh_flops_ratio_is_mean_inverse_scale(grid):
+    """Grid SH on a patch grid (and one a class token before it): the attention FLOPs against softmax's are
+    mean(1/r) = 0.46875 for factors (1, 2, 4, 8) when the windows tile the grid (16×16), and the border windows'
+    ceil counts on a grid they do not tile (15×17), ``Σ_h (1 + ⌈rows/a_h⌉⌈cols/b_h⌉) / (H·N)``."""
+    import math
+
+    from primaldual.analysis.efficiency import _flops
+    from primaldual.functional import attention
+    from primaldual.functional.transforms import grid_window
+
+    scales, n = (1, 2, 4, 8), 1 + grid[0] * grid[1]
+    q, k, v = (torch.randn(1, 4, n, 8) for _ in range(3))
+
+    def flops(variant, **options):  # the benchmark's counter (CPU SDPA counted as its two products)
+        return _flops(lambda: attention(q, k, v, variant, num_prefix_tokens=1, **options))
+
+    ratio = flops("sh", scales=scales, grid=grid) / flops("softmax")
+    keys = [1 + math.ceil(grid[0] / a) * math.ceil(grid[1] / b) for a, b in map(grid_window, scales)]
+    assert ratio == pytest.approx(sum(keys) / (4 * n), rel=1e-12)
+    if grid == (16, 16):
+        assert ratio == pytest.approx(sum(1 + 256 / r for r in scales) / (4 * 257), rel=1e-12)
+        # mean(1/r), plus the class token's one key per head: mean(1 - 1/r) / 257
+        assert ratio == pytest.approx(0.46875 + (1 - 0.46875) / 257, rel=1e-12)
