@@ -56,12 +56,13 @@ def test_convert_refuses_a_model_without_timm_attention():
         convert(torch.nn.Linear(3, 3), "bn")
 
 
-@pytest.mark.parametrize("preset", ["vit_28", "vit_28_p7"])
+@pytest.mark.parametrize("preset", ["vit_28", "vit_28_p7", "eva02_28_p7"])
 @pytest.mark.parametrize("variant", ["softmax", "bn", "sh", "bn+sh"])
 def test_small_preset_forward_backward(variant, preset):
     model = vision_transformer(preset, variant, num_classes=10, depth=2)
-    assert model.blocks[0].attn.variant == variant
-    assert model.patch_embed.num_patches == {"vit_28": 49, "vit_28_p7": 16}[preset]
+    assert isinstance(model.blocks[0].attn, Attention) and model.blocks[0].attn.variant == variant
+    assert model.blocks[0].attn.options.num_prefix_tokens == 1
+    assert model.patch_embed.num_patches == {"vit_28": 49, "vit_28_p7": 16, "eva02_28_p7": 16}[preset]
     out = model(torch.randn(3, 1, 28, 28))
     assert out.shape == (3, 10)
     out.logsumexp(1).sum().backward()
@@ -71,7 +72,7 @@ def test_small_preset_forward_backward(variant, preset):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'deit_huge'"):
         vision_transformer("deit_huge")
-    assert set(PRESETS) >= {"deit_tiny", "deit_small", "vit_28", "vit_28_p7"}
+    assert set(PRESETS) >= {"deit_tiny", "deit_small", "vit_28", "vit_28_p7", "eva02_28_p7"}
 
 
 @pytest.mark.parametrize("variant", ["sh", "bn+sh"])
@@ -84,6 +85,9 @@ def test_grid_pooling_from_the_model(deit_tiny, images, variant):
     model = vision_transformer("vit_28", variant, depth=1, grid=True)
     assert model.blocks[0].attn.options.grid == (7, 7)
     assert torch.isfinite(model(torch.randn(2, 1, 28, 28))).all()
+    eva = vision_transformer("eva02_28_p7", variant, depth=1, grid=True)  # a converted EVA02: its 4×4 grid
+    assert eva.blocks[0].attn.options.grid == (4, 4) and eva.blocks[0].attn.rotate_half is False
+    assert torch.isfinite(eva(torch.randn(2, 1, 28, 28))).all()
     converted = convert(copy.deepcopy(deit_tiny), variant, grid=True)
     attn = converted.blocks[0].attn
     assert attn.options.grid == (14, 14) and "grid=(14, 14)" in repr(attn)

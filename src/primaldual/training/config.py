@@ -175,7 +175,7 @@ class TrainConfig:
     model: str = _option(
         "vit_28",
         "ViT preset of the image task: vit_28 (28x28 grey, 4x4 patches, width 128, 6 "
-        "blocks, 4 heads), vit_28_p7 (the same on 7x7 patches: 16 tokens), deit_tiny, deit_small (224x224 RGB, 16x16 patches); it fixes "
+        "blocks, 4 heads), vit_28_p7 (the same on 7x7 patches: 16 tokens), eva02_28_p7 (an EVA02-style timm Eva of vit_28_p7's size: rotary embeddings, SwiGLU MLP; converted), deit_tiny, deit_small (224x224 RGB, 16x16 patches); it fixes "
         "width, depth, heads and MLP ratio, so d_model, depth, num_heads, mlp_ratio and "
         "patch_size are not used by the image task",
         choices=tuple(PRESETS),
