@@ -198,10 +198,7 @@ def test_no_variant_adds_a_host_sync(host):
     assert all(count <= allowed for count in counts.values()), f"sdpa: {allowed}, variants: {counts}"
 
 
-NOT_EXPORTED = ("linear-sh", "linear-bn+sh")  # see tests/test_compile_export.py: export cannot prove one guard
-
-
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if v not in NOT_EXPORTED])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_export_of_a_padded_hf_encoder_serves_other_shapes(variant):
     """torch.export of a padded BERT at (3, 19), dynamic batch and length; run at other shapes equal to eager."""
     model = hf_model("bert", variant)

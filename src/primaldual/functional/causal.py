@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .kernels import elu_feature_map
-from .transforms import tracing
+from .transforms import export_matmul, tracing
 
 
 class Frame(NamedTuple):
@@ -118,6 +118,15 @@ def _flat_windows(x: Tensor) -> Tensor:
         return x.flatten(2, 3)
     p = torch.arange(x.shape[2] * x.shape[3], device=x.device)
     return x[:, :, p.div(x.shape[3], rounding_mode="floor"), p % x.shape[3]]
+
+
+def _chunks(x: Tensor, chunks: int, size: int) -> Tensor:
+    """``(B, H, C·T, ·)`` -> ``(B, H, C, T, ·)``; while exporting by indexing, for the reason of
+    :func:`_flat_windows` (a view of a symbolic ``C`` asks ``C·T % C == 0``)."""
+    if not torch.compiler.is_exporting():
+        return x.unflatten(2, (chunks, size))
+    index = torch.arange(chunks, device=x.device)[:, None] * size + torch.arange(size, device=x.device)
+    return x[:, :, index]
 
 
 def frame_positions(frame: Frame, nq: int, nk: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -311,13 +320,15 @@ def _window_sums(phi_q: Tensor, frame: Frame, nk: int, chunk: int) -> Tensor:
     values = torch.cat((values, torch.ones_like(values[..., :1])), -1)  # the last column sums the normaliser
     group = -(-chunk // r)  # windows per chunk
     size = group * r
-    chunks = -(-length // size)
-    queries = F.pad(queries, (0, 0, 0, chunks * size - length)).unflatten(2, (chunks, size))
-    phi_k = F.pad(phi_k, (0, 0, 0, chunks * group - phi_k.shape[2])).unflatten(2, (chunks, group))
-    values = F.pad(values, (0, 0, 0, chunks * group - values.shape[2])).unflatten(2, (chunks, group))
-    states = phi_k.transpose(-2, -1) @ values  # (B, H, C, D, Dv + 1)
+    # while exporting, one empty chunk more: with at least two, export need not ask whether there is one (a view's
+    # strides do not matter along a dimension of size 1, and it cannot decide ``ceil(L / T) == 1`` for all L)
+    chunks = -(-length // size) + int(torch.compiler.is_exporting())
+    queries = _chunks(F.pad(queries, (0, 0, 0, chunks * size - length)), chunks, size)
+    phi_k = _chunks(F.pad(phi_k, (0, 0, 0, chunks * group - phi_k.shape[2])), chunks, group)
+    values = _chunks(F.pad(values, (0, 0, 0, chunks * group - values.shape[2])), chunks, group)
+    states = export_matmul(phi_k.transpose(-2, -1), values)  # (B, H, C, D, Dv + 1)
     states = states.cumsum(2) - states  # the windows of earlier chunks
     local = torch.arange(size, device=phi_q.device)[:, None] // r > torch.arange(group, device=phi_q.device)
-    inside = (queries @ phi_k.transpose(-2, -1)).masked_fill(~local, 0.0)  # (B, H, C, T, G)
-    out = queries @ states + inside @ values
-    return out.flatten(2, 3)  # P + C·T >= N positions
+    inside = export_matmul(queries, phi_k.transpose(-2, -1)).masked_fill(~local, 0.0)  # (B, H, C, T, G)
+    out = export_matmul(queries, states) + export_matmul(inside, values)
+    return _flat_windows(out)  # P + C·T >= N positions

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .transforms import allowed_keys, empty_rows, tracing
+from .transforms import allowed_keys, empty_rows, export_matmul, tracing
 
 
 def softmax_kernel(
@@ -127,10 +127,12 @@ def linear_kernel(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | No
     # whose features are all negative by its largest one (Φ = exp there, so Φ(q - m) = Φ(q)·e^-m) keeps Φ(q)
     # from underflowing to 0, e.g. for linear-BN queries against keys of (near) zero variance.
     phi_q = elu_feature_map(q - q.amax(-1, keepdim=True).clamp(max=0.0))
+    if torch.compiler.is_exporting():  # SH's pooled keys: a view of a head group's projection, whose strides
+        k, v = k.contiguous(), v.contiguous()  # export cannot reason on for every length
     phi_k = elu_feature_map(k)
     if key_padding_mask is not None:
         phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
-    weights = phi_k.transpose(-2, -1) @ v  # Wᵀ: (B, H, D, Dv)
+    weights = export_matmul(phi_k.transpose(-2, -1), v)  # Wᵀ: (B, H, D, Dv)
     normaliser = phi_q @ phi_k.sum(2).unsqueeze(-1)  # h(q): (B, H, Nq, 1)
     out = (phi_q @ weights) / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
     return out.masked_fill(normaliser == 0, 0.0)

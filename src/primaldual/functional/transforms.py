@@ -24,6 +24,16 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
+def export_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` of ``(.., n, m)`` and ``(.., m, p)``; while torch.export traces, a broadcast sum (``n·m·p`` per
+    batch element, not ``n·p``): the matmul's reshape to a batched product of a symbolic count (SH's windows, the
+    linear kernel's chunks) makes export guard divisibilities such as ``1 % W != 0`` that it cannot prove for
+    every length. torch.compile keeps the product (its guards only recompile)."""
+    if torch.compiler.is_exporting():
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    return a @ b
+
+
 def _stat_dtype(x: Tensor) -> torch.dtype:
     """Statistics are accumulated in at least float32 (bf16/fp16 sums lose too much)."""
     return torch.promote_types(x.dtype, torch.float32)
