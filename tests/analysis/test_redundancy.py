@@ -93,6 +93,31 @@ def test_weights_of_a_rotary_call_are_those_of_the_rotated_queries_and_keys(vari
     T.assert_close_normwise(record.weights() @ values, record.heads, atol, "weights @ values")
 
 
+@pytest.mark.parametrize("variant", ["softmax", "bn", "bn+sh"])
+@pytest.mark.parametrize("family", ["beit", "swin"])
+def test_weights_of_a_biased_call_include_its_bias(family, variant):
+    """A converted BEiT's or Swin's layer (its relative position bias, Swin's shifted-window mask) is recorded with
+    the bias it added: the weights times the values are the heads' outputs."""
+    import primaldual
+    from tests.integrations.test_timm_bias import model
+
+    converted = primaldual.convert(model(family), variant).double()
+    layer = converted.blocks[0].attn if family == "beit" else converted.layers[0].blocks[1].attn
+    inputs = []
+    handle = layer.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    with record_attention(converted) as records, T.RecordLayerSizes() as sizes:
+        converted(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    handle.remove()
+    record = next(r for r in records if r.layer is layer)
+    assert record.bias is not None
+    if family == "swin":  # the shifted block: a mask per window, so a bias per window
+        assert record.bias.shape[0] == record.q.shape[0] > 1
+    values = values_of(layer, inputs[0])
+    law = dict(head_dim=record.q.shape[-1], length=record.q.shape[2], rounded_inputs=2)
+    atol = T.attention_atol(torch.float64, sizes.size, T.output_scale(record.heads, values), **law)
+    T.assert_close_normwise(record.weights() @ values, record.heads, atol, "weights @ values")
+
+
 def test_pooled_weight_is_spread_over_the_valid_keys_of_its_window():
     # keys all 0: the pooled softmax is uniform over the windows [0..3] and [4, 5]; key 1 is padding
     q, k = torch.randn(1, 1, 2, 3, dtype=torch.float64), torch.zeros(1, 1, 6, 3, dtype=torch.float64)

@@ -41,6 +41,7 @@ class AttentionRecord:
     heads: Tensor
     key_padding_mask: Tensor | None
     causal: bool
+    bias: Tensor | None = None  # an additive score bias (B or 1, H or 1, N, N): a converted BEiT's or Swin's
 
     def weights(self, samples: int | slice = slice(None)) -> Tensor:
         """The layer's attention weights ``(b, H, N, N)`` on the original keys (see :func:`attention_weights`),
@@ -48,9 +49,9 @@ class AttentionRecord:
         per sample, so a part of the batch has the weights it has in the whole."""
         index = samples if isinstance(samples, slice) else slice(samples, samples + 1)
         mask = None if self.key_padding_mask is None else self.key_padding_mask[index]
-        return attention_weights(
-            self.q[index], self.k[index], self.layer.options.replace(causal=self.causal), key_padding_mask=mask
-        )
+        bias = self.bias if self.bias is None or self.bias.shape[0] == 1 else self.bias[index]
+        options = self.layer.options.replace(causal=self.causal)
+        return attention_weights(self.q[index], self.k[index], options, key_padding_mask=mask, attn_bias=bias)
 
     def valid_queries(self) -> Tensor:
         """``(B, N)`` bool: the queries that are not padding (self-attention: queries are the keys' positions)."""
@@ -88,11 +89,13 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
         bound = signature.bind(*args, **kwargs).arguments
         call.clear()
         q, k, _ = layer.project(bound["x"], bound.get("rope"))
+        bias = layer.score_bias(*args, **kwargs) if hasattr(layer, "score_bias") else bound.get("attn_bias")
         call.update(
             q=q.detach(),
             k=k.detach(),
             mask=bound.get("key_padding_mask"),
             causal=layer.options.causal or bool(bound.get("is_causal", False)),
+            bias=None if bias is None else bias.detach(),
         )
 
     def heads(module: nn.Module, args: tuple) -> None:
@@ -101,7 +104,9 @@ def _hook(name: str, layer: Attention, records: list[AttentionRecord]) -> list[A
 
     def finish(module: nn.Module, args: tuple, output: Tensor) -> None:
         mask = None if call["mask"] is None else call["mask"].detach()
-        records.append(AttentionRecord(name, layer, call["q"], call["k"], call["heads"], mask, call["causal"]))
+        records.append(
+            AttentionRecord(name, layer, call["q"], call["k"], call["heads"], mask, call["causal"], call["bias"])
+        )
 
     return [
         layer.register_forward_pre_hook(start, with_kwargs=True),

@@ -43,8 +43,9 @@ def attention_weights(
       mean of those keys' values, ``Σ_j w_ij v_j = Σ_w w'_iw v'_w``: the head's output exactly; every row
       still sums to 1. Prefix tokens map to themselves.
 
-    * causal SH and the causal linear kernel (each query's own training set, SPEC section 5): the output with the
-      identity as values, ``w_ij`` the weight of key j through the points that average it.
+    * causal SH and the causal linear kernel (each query's own training set, SPEC section 5), and SH with a score
+      bias (pooled with the keys): the output with the identity as values, ``w_ij`` the weight of key j through
+      the points that average it.
 
     A query with no allowed key has a zero row (its output is 0).
     """
@@ -52,11 +53,12 @@ def attention_weights(
     scales = check_inputs(options, q, k, k, key_padding_mask)
     check_bias(options, attn_bias, q, k)
     k = repeat_kv(k, q.shape[1])
-    if options.causal and (scales is not None or options.spec.kernel == "linear"):
-        # Causal SH and the linear kernel form each query's own training set: their outputs are linear in the
-        # values, so the values of the identity give the weights on the original keys (N² like any weights).
+    if (options.causal or attn_bias is not None) and (scales is not None or options.spec.kernel == "linear"):
+        # Causal SH and the linear kernel form each query's own training set, SH pools a bias with its keys: the
+        # outputs are linear in the values, so the values of the identity give the weights on the original keys
+        # (N² like any weights).
         identity = torch.eye(k.shape[2], dtype=q.dtype, device=q.device).expand(*k.shape[:3], k.shape[2])
-        return attention(q, k, identity, options, key_padding_mask=key_padding_mask)
+        return attention(q, k, identity, options, key_padding_mask=key_padding_mask, attn_bias=attn_bias)
     if scales is None:
         return _kernel_weights(options, q, k, key_padding_mask, attn_bias)
     b, nk = q.shape[0], k.shape[2]

@@ -8,6 +8,9 @@ original), BN after normalisation, SH adds to a pooled key the mean bias of the 
 are the sequences: the window partition, the cyclic shift and the shifted-window mask stay in Swin's block; the
 mask (0 or -100 between patches that were not neighbours before the shift) is added to the bias as Swin adds
 it, so BN's statistics and SH's windows are those of the whole window, masked pairs included.
+
+Each converted class has ``score_bias(*args)``, the bias of a call with ``forward``'s arguments, which the
+head-redundancy records (``analysis.redundancy``) read so that their weights are the variant's with the bias.
 """
 
 from __future__ import annotations
@@ -24,13 +27,17 @@ class BeitAttention(Attention):
     def forward(self, x: Tensor, shared_rel_pos_bias: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """x ``(B, N, dim)``, ``shared_rel_pos_bias`` ``(H, N, N)`` (BEiT's ``RelativePositionBias``) or None ->
         ``(B, N, dim)``."""
+        return super().forward(x, attn_bias=self.score_bias(x, shared_rel_pos_bias))
+
+    def score_bias(self, x: Tensor, shared_rel_pos_bias: Tensor | None = None) -> Tensor | None:
+        """The additive score bias ``(1, H, N, N)`` of a call with these arguments (see :data:`BIASED`)."""
         bias = None if shared_rel_pos_bias is None else shared_rel_pos_bias.expand(1, -1, -1, -1)
         if self.relative_position_bias_table is not None:
             from timm.models.beit import Attention as TimmBeitAttention
 
             own = TimmBeitAttention._get_rel_pos_bias(self)
             bias = own if bias is None else own + bias
-        return super().forward(x, attn_bias=bias)
+        return bias
 
 
 class RelPosAttention(Attention):
@@ -39,8 +46,11 @@ class RelPosAttention(Attention):
 
     def forward(self, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """x ``(B, N, dim)`` -> ``(B, N, dim)``."""
-        bias = self.rel_pos.get_bias() if self.rel_pos is not None else shared_rel_pos
-        return super().forward(x, attn_bias=bias)
+        return super().forward(x, attn_bias=self.score_bias(x, shared_rel_pos))
+
+    def score_bias(self, x: Tensor, shared_rel_pos: Tensor | None = None) -> Tensor | None:
+        """The additive score bias of a call with these arguments."""
+        return self.rel_pos.get_bias() if self.rel_pos is not None else shared_rel_pos
 
 
 class WindowAttention(Attention):
@@ -49,13 +59,17 @@ class WindowAttention(Attention):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """x ``(B·nW, N, dim)``, mask ``(nW, N, N)`` (0 or -100) or None -> ``(B·nW, N, dim)``."""
+        return super().forward(x, attn_bias=self.score_bias(x, mask))
+
+    def score_bias(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The additive score bias ``(1 or B·nW, H, N, N)`` of a call with these arguments."""
         from timm.models.swin_transformer import WindowAttention as TimmWindowAttention
 
         bias = TimmWindowAttention._get_rel_pos_bias(self)
-        if mask is not None:
-            windows, n = mask.shape[0], x.shape[1]
-            bias = (bias[:, None] + mask[:, None]).expand(x.shape[0] // windows, -1, -1, n, n).flatten(0, 1)
-        return super().forward(x, attn_bias=bias)
+        if mask is None:
+            return bias
+        windows, n = mask.shape[0], x.shape[1]
+        return (bias[:, None] + mask[:, None]).expand(x.shape[0] // windows, -1, -1, n, n).flatten(0, 1)
 
 
 #: timm class (module, name) -> (converted class, the parts it keeps besides those of ``Attention``).
