@@ -110,7 +110,7 @@ def test_swin_grid_sh_pools_the_window_grid():
 
 
 @pytest.mark.parametrize("variant", ["softmax", "bn+sh"])
-@pytest.mark.parametrize("config", ["beit", "swin"])
+@pytest.mark.parametrize("config", ["beit", "relpos-mlp-cls", "swin"])
 def test_converted_attention_compiles_fullgraph(config, variant):
     ours = primaldual.convert(model(config), variant)
     x = torch.randn(2, 3, 32, 32)
