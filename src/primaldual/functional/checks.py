@@ -93,6 +93,16 @@ def check_grid(grid: Sequence[int]) -> tuple[int, int]:
     return tuple(grid)
 
 
+def check_grid_tokens(grid: tuple[int, int], num_prefix_tokens: int, num_keys: int) -> None:
+    """The ``num_keys`` keys are ``num_prefix_tokens`` prefix tokens and the ``rows × cols`` patches of ``grid``."""
+    rows, cols = grid
+    if num_keys - num_prefix_tokens != rows * cols:
+        raise ValueError(
+            f"grid {grid} needs {num_prefix_tokens} prefix tokens and {rows}×{cols} = {rows * cols} patch tokens, "
+            f"got {num_keys} keys"
+        )
+
+
 def check_window(window: int) -> int:
     """``window``: the sparse half-width, an integer ``>= 0`` (query i sees keys with ``|i - j| <= window``)."""
     if isinstance(window, bool) or not isinstance(window, int):

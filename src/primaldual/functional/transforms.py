@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .checks import check_grid_tokens
+
 
 def tracing() -> bool:
     """True while torch.compile or torch.export traces: shape-dependent Python branches then take the path that
@@ -277,6 +279,7 @@ def pool_sequence(
     body = [t[..., p:, :] for t in tensors]
     valid = None if key_padding_mask is None else ~key_padding_mask[:, p:]
     if grid is not None:
+        check_grid_tokens(grid, p, tensors[0].shape[-2])
         pooled, pooled_valid = _pool_grid(body, valid, factor, grid)
     else:
         pooled, pooled_valid = _pool_raster(body, valid, factor)
@@ -320,8 +323,6 @@ def _pool_grid(
     :func:`grid_window`: the patches zero-padded to whole windows, each window's (valid) sum divided by its
     count of (valid) patches."""
     rows, cols = grid
-    if body[0].shape[-2] != rows * cols:
-        raise ValueError(f"grid {grid} needs {rows * cols} patch tokens after the prefix, got {body[0].shape[-2]}")
     a, b = grid_window(factor)
     shape = (-(-rows // a), a, -(-cols // b), b)
     pad = (0, 0, 0, shape[2] * b - cols, 0, shape[0] * a - rows)

@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .causal import bn_softmax_on_set, causal_frame, causal_linear, causal_set, linear_bn_on_set, softmax_on_set
-from .checks import check_dropout, check_key_padding_mask, check_qkv, check_scales, check_tokens
+from .checks import (
+    check_dropout,
+    check_grid_tokens,
+    check_key_padding_mask,
+    check_qkv,
+    check_scales,
+    check_tokens,
+)
 from .kernels import linear_kernel, softmax_kernel
 from .options import PAPER_VARIANTS, VARIANTS, AttentionOptions, Variant, check_names, default_scales, get_variant
 from .transforms import (
@@ -81,12 +88,8 @@ def sh_factors(options: AttentionOptions, num_heads: int, num_keys: int) -> tupl
     if options.scales is None:
         raise ValueError(f"variant {options.variant!r} needs scales: one integer factor >= 1 per head ({num_heads})")
     scales = check_scales(options.scales, num_heads)
-    if options.grid is not None and num_keys - options.num_prefix_tokens != options.grid[0] * options.grid[1]:
-        rows, cols = options.grid
-        raise ValueError(
-            f"grid {options.grid} needs {options.num_prefix_tokens} prefix tokens and {rows}×{cols} = {rows * cols} "
-            f"patch tokens, got {num_keys} keys"
-        )
+    if options.grid is not None:
+        check_grid_tokens(options.grid, options.num_prefix_tokens, num_keys)
     if tracing():  # a graph for every length: no guard on N (pooling is shape-generic)
         return scales
     pooled = max(1, num_keys - options.num_prefix_tokens)
@@ -188,35 +191,31 @@ def attention(
         return _causal_groups(options, q, k, v, key_padding_mask, scales or (1,), dropout_p)
     if scales is None:
         return _fit_and_evaluate(options, q, k, v, key_padding_mask, dropout_p)
-    if attn_bias is not None:
-        return _pooled_with_bias(options, q, k, v, key_padding_mask, scales, attn_bias, dropout_p)
     groups = head_split(scales)
-    pooled = (
-        pool_keys(kh, vh, key_padding_mask, factor, **options.pooling)
-        for factor, kh, vh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups))
-    )
+    pooled = _pooled_groups(options, groups, q, k, v, key_padding_mask, attn_bias)
     return _evaluate_groups(options, q, groups, pooled, dropout_p)
 
 
-def _pooled_with_bias(
+def _pooled_groups(
     options: AttentionOptions,
+    groups: HeadSplit,
     q: Tensor,
     k: Tensor,
     v: Tensor,
     mask: Tensor | None,
-    scales: Sequence[int],
-    bias: Tensor,
-    dropout_p: float,
-) -> Tensor:
-    """SH with an additive score bias ``(B|1, H|1, Nq, Nk)``: a pooled key's bias is the mean of the biases of the
-    keys it pools (SPEC section 5), pooled with the same windows and mask as the keys."""
-    groups = head_split(scales)
+    bias: Tensor | None,
+) -> Iterator[tuple[Tensor, ...]]:
+    """SH: each group's pooled ``(keys, values, key mask)``, and with an additive score bias ``(B|1, H|1, Nq, Nk)``
+    its pooled bias: a pooled key's bias is the mean of the biases of the keys it pools (SPEC section 5), with the
+    same windows and mask as the keys."""
+    if bias is None:
+        for factor, kh, vh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups)):
+            yield pool_keys(kh, vh, mask, factor, **options.pooling)
+        return
     biases = split_heads(bias.expand(q.shape[0], q.shape[1], -1, -1), groups)
-    pooled = []
     for factor, kh, vh, bh in zip(groups.factors, split_heads(k, groups), split_heads(v, groups), biases):
         (pk, pv, pb), pooled_mask = pool_sequence((kh, vh, bh.transpose(-2, -1)), mask, factor, **options.pooling)
-        pooled.append((pk, pv, pooled_mask, pb.transpose(-2, -1)))
-    return _evaluate_groups(options, q, groups, pooled, dropout_p)
+        yield pk, pv, pooled_mask, pb.transpose(-2, -1)
 
 
 def _evaluate_groups(
